@@ -1,0 +1,154 @@
+"""`h36m synth`: a synthetic release in the exact H36M layout, names and formats.
+
+What a program written for the real release sees is the same: `S<n>/Videos/<Seq>.<cam>.mp4` (H.264, 50 fps, the
+real sizes times `scale`), `MyPoseFeatures/D3_Positions/<Seq>.cdf` (world mm), `D3_Positions_mono/<Seq>.<cam>.cdf`
+(camera mm), `D2_Positions/<Seq>.<cam>.cdf` (pixels of the video, H36M distortion) and
+`MySegmentsMat/ground_truth_bb/<Seq>.<cam>.mat` (MAT v7.3 box masks), with the subjects' real sequence names and
+the real cameras (intrinsics scaled by `scale`: a reader learns it as video width / 1000).
+
+The real quirks, on by default (`quirks=False` turns them off):
+  * cameras 55011271 and 58860488 record 2-3 more video frames than the pose files hold;
+  * S11 `Directions` camera 54138969 is truncated mid-file (undecodable), when S11 is generated;
+  * one subject (`no_2d_subject`, S5 by default) has no D2_Positions and no masks.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from h36m_tools import cdf, masks, video
+from h36m_tools.cameras import CAMERA_IDS, bundled, project, world_to_camera
+from h36m_tools.names import canonical_action, sequence_table
+
+EXTRA_FRAME_CAMERAS = ("55011271", "58860488")
+TRUNCATED = ("S11", "Directions", "54138969")
+FPS = 50
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Options of `h36m synth`."""
+    out: Path
+    subjects: tuple[str, ...] = ("S1", "S5", "S9", "S11")
+    sequences_per_subject: int = 3
+    frames: int = 150
+    scale: float = 0.25
+    seed: int = 0
+    quirks: bool = True
+    no_2d_subject: str = "S5"
+    noise: float = 3.0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class SynthJob:
+    """One sequence to generate."""
+    subject: str
+    name: str
+    frames: int
+    index: int
+
+
+def video_size(camera_id: str, scale: float) -> tuple[int, int]:
+    """(width, height) of a synthetic video: the real size times `scale`, rounded to even numbers (H.264 4:2:0)."""
+    k = bundled().intrinsics[camera_id]
+    return 2 * max(int(round(k.width * scale / 2)), 8), 2 * max(int(round(k.height * scale / 2)), 8)
+
+
+def choose_sequences(cfg: SynthConfig) -> list[SynthJob]:
+    """Which real sequence names to generate: actions spread over subjects, S11 `Directions` included with quirks."""
+    table = sequence_table()
+    jobs = []
+    for k, subject in enumerate(cfg.subjects):
+        if subject not in table:
+            raise ValueError(f"unknown subject {subject!r} (H36M has S1-S11)")
+        names = list(table[subject])
+        by_action = {}
+        for name, entry in table[subject].items():
+            by_action.setdefault(entry["action_id"], {})[entry["subaction_id"]] = name
+        actions = sorted(a for a in by_action if a != 1)
+        picks = [by_action[actions[(k * cfg.sequences_per_subject + j) % len(actions)]][(k + j) % 2 + 1]
+                 for j in range(min(cfg.sequences_per_subject, len(names)))]
+        if cfg.quirks and subject == TRUNCATED[0] and TRUNCATED[1] not in picks and picks:
+            picks[0] = TRUNCATED[1]
+        seen = []
+        for p in picks:
+            if p not in seen:
+                seen.append(p)
+        jobs += [SynthJob(subject, name, cfg.frames, i) for i, name in enumerate(seen)]
+    return jobs
+
+
+def _rng(cfg: SynthConfig, *parts: str) -> np.random.Generator:
+    return np.random.default_rng([cfg.seed] + [zlib.crc32(p.encode()) for p in parts])
+
+
+def generate_sequence(cfg: SynthConfig, job: SynthJob) -> dict:
+    """Write every file of one sequence; returns a summary (frames per camera, files written)."""
+    from .synth_motion import animate, subject_offsets
+    from .synth_render import background, bb_mask, render_frame
+
+    root = Path(cfg.out) / job.subject
+    feats = root / "MyPoseFeatures"
+    cams = bundled().cameras(job.subject)
+    rng = _rng(cfg, job.subject, job.name)
+    extra = {c: (int(rng.integers(2, 4)) if cfg.quirks and c in EXTRA_FRAME_CAMERAS else 0) for c in CAMERA_IDS}
+    world = animate(subject_offsets(job.subject, cfg.seed), canonical_action(job.name),
+                    job.frames + max(extra.values()), FPS, rng)
+    pose = world[: job.frames]
+    cdf.write_pose(feats / "D3_Positions" / f"{job.name}.cdf", pose)
+    with_2d = not (cfg.quirks and job.subject == cfg.no_2d_subject)
+    frames_written = {}
+    for cam in cams:
+        w, h = video_size(cam.id, cfg.scale)
+        k = cam.intrinsics.for_video(w, h)
+        cam_xyz = world_to_camera(pose, cam.extrinsics.R, cam.extrinsics.t)
+        cdf.write_pose(feats / "D3_Positions_mono" / f"{job.name}.{cam.id}.cdf", cam_xyz)
+        if with_2d:
+            cdf.write_pose(feats / "D2_Positions" / f"{job.name}.{cam.id}.cdf", project(cam_xyz, k))
+        bg = background(cam, k, _rng(cfg, job.subject, cam.id, "room"))
+        frng = _rng(cfg, job.subject, job.name, cam.id, "noise")
+        boxes = []
+
+        def frames():
+            for t in range(job.frames + extra[cam.id]):
+                img, sil = render_frame(bg, world[t], cam, k, frng, cfg.noise)
+                boxes.append(bb_mask(sil))
+                yield img
+
+        path = root / "Videos" / f"{job.name}.{cam.id}.mp4"
+        frames_written[cam.id] = video.write_video(path, frames(), w, h, fps=FPS)
+        if with_2d:
+            masks.write_masks(root / "MySegmentsMat" / "ground_truth_bb" / f"{job.name}.{cam.id}.mat", boxes)
+        if cfg.quirks and (job.subject, job.name, cam.id) == TRUNCATED:
+            size = path.stat().st_size
+            with open(path, "r+b") as fh:
+                fh.truncate(size // 2)
+    return {"subject": job.subject, "sequence": job.name, "poses": job.frames, "video_frames": frames_written}
+
+
+def run_synth(cfg: SynthConfig, on_done: Callable[[dict], None] | None = None) -> list[dict]:
+    """Generate the whole release under `cfg.out`, sequences in parallel over `cfg.workers` processes."""
+    jobs = choose_sequences(cfg)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    results = []
+    if cfg.workers <= 1:
+        for job in jobs:
+            results.append(generate_sequence(cfg, job))
+            if on_done:
+                on_done(results[-1])
+    else:
+        with ProcessPoolExecutor(cfg.workers) as pool:
+            futures = [pool.submit(generate_sequence, cfg, job) for job in jobs]
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                if on_done:
+                    on_done(results[-1])
+    results.sort(key=lambda r: (int(r["subject"][1:]), r["sequence"]))
+    return results
