@@ -99,5 +99,14 @@ def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, 
     console.print(f"[green]done[/]: {len(results)} sequences; " + "; ".join(notes))
 
 
+# --- extract commands (issue 3) ---
+
+
+# --- shard, verify, show commands (issue 4) ---
+
+
+# --- train, evaluate, demo commands (issue 6) ---
+
+
 if __name__ == "__main__":
     main()
