@@ -1,0 +1,33 @@
+"""Shared, session-wide fixtures: a small synthetic H36M release written once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REALDATA = SHARED / "realdata"
+H36M_FACTS = SHARED / "h36m"
+
+
+def _synth(out: Path, **kw) -> Path:
+    from pipelines.synth import SynthConfig, run_synth
+
+    run_synth(SynthConfig(out=out, **kw))
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_release(tmp_path_factory) -> Path:
+    """A synthetic release with the quirks: S1, S5 (no D2/masks), S9, S11 (truncated `Directions` camera),
+    one sequence each (S11's is `Directions`), 40 pose frames, 250x250 videos. Read-only: copy before changing."""
+    return _synth(tmp_path_factory.mktemp("release"), subjects=("S1", "S5", "S9", "S11"),
+                  sequences_per_subject=1, frames=40, workers=2)
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """The real H36M samples (../shared/realdata); tests needing them are skipped where the folder is absent."""
+    if not REALDATA.is_dir():
+        pytest.skip("../shared/realdata not present")
+    return REALDATA
