@@ -54,7 +54,7 @@ def write_pose(path: str | Path, pose: np.ndarray) -> None:
     if tmp.exists():
         tmp.unlink()
     cdf = CDF(str(tmp), cdf_spec={"Compressed": False, "Majority": "row_major"}, delete=True)
-    cdf.write_var({"Variable": "Pose", "Data_Type": CDF.CDF_FLOAT, "Num_Elements": 1, "Rec_Vary": True,
+    cdf.write_var({"Variable": "Pose", "Data_Type": CDF.CDF_FLOAT, "Num_Elements": 1, "Rec_Vary": True, "Compress": 0,
                    "Dim_Sizes": [n, j * d]}, var_attrs={}, var_data=pose.reshape(1, n, j * d))
     cdf.close()
     os.replace(tmp, path)

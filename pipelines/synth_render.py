@@ -120,11 +120,12 @@ def render_frame(bg: np.ndarray, world: np.ndarray, cam: Camera, k: Intrinsics,
     return img, mask
 
 
-def bb_mask(silhouette: np.ndarray) -> np.ndarray:
-    """H36M `ground_truth_bb`: the filled bounding rectangle of the silhouette (uint8 0/1, same size)."""
+def bb_mask(silhouette: np.ndarray, pad: int = 2) -> np.ndarray:
+    """H36M `ground_truth_bb`: the filled bounding rectangle of the silhouette grown by `pad` px for the
+    anti-aliased fringe (uint8 0/1, same size)."""
     out = np.zeros_like(silhouette)
     ys = np.flatnonzero(silhouette.any(axis=1))
     xs = np.flatnonzero(silhouette.any(axis=0))
     if ys.size:
-        out[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1] = 1
+        out[max(ys[0] - pad, 0):ys[-1] + 1 + pad, max(xs[0] - pad, 0):xs[-1] + 1 + pad] = 1
     return out
