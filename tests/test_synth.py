@@ -137,3 +137,18 @@ def test_cli_synth_writes_a_release(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cli", "synth", str(tmp_path / "x"), "--subjects", "S99"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "S99" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_discovery_finds_every_sequence_and_its_files(small_release, tmp_path):
+    found = {(s.subject, s.name): s for s in names.discover(small_release)}
+    assert set(found) == set(SEQS.items())
+    s1 = found[("S1", "Directions 1")]
+    assert s1.key == "S1/Directions_1" and s1.action == "Directions" and s1.subaction == 1
+    assert sorted(s1.videos) == sorted(s1.d2) == sorted(s1.masks) == sorted(s1.d3_mono) == list(CAMERA_IDS)
+    assert found[("S5", SEQS["S5"])].d2 == {} and found[("S5", SEQS["S5"])].masks == {}
+    assert [s.subject for s in names.discover(small_release, subjects=("S11", "S9"))] == ["S9", "S11"]
+    with pytest.raises(H36MError, match="folder not found"):
+        names.discover(tmp_path / "nope")
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(H36MError, match="not an H36M release"):
+        names.discover(tmp_path)
