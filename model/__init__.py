@@ -1,0 +1,18 @@
+"""Multi-view, multi-frame 3-D pose model: Swin per image, image relations, 2-D head, PoseFormer lifter.
+
+    from model import PRESETS, build_model
+    net = build_model(PRESETS["tiny"])
+    out = net(images)            # images (B, V, F, 3, H, W) -> out.joints2d (B, V, F, 17, 2), out.joints3d
+"""
+from .config import PRESETS, HeadConfig, LifterConfig, ModelConfig, RelationsConfig, SpatialConfig
+from .head import MEAN_POSE_2D, JointHead
+from .lifter import PoseFormer
+from .network import ModelOutput, PoseNetwork, build_model, load_pretrained_spatial
+from .relations import ImageRelations
+from .spatial import SpatialEncoder, SpatialFeatures
+
+__all__ = [
+    "PRESETS", "ModelConfig", "SpatialConfig", "RelationsConfig", "HeadConfig", "LifterConfig",
+    "PoseNetwork", "ModelOutput", "build_model", "load_pretrained_spatial",
+    "SpatialEncoder", "SpatialFeatures", "ImageRelations", "JointHead", "MEAN_POSE_2D", "PoseFormer",
+]

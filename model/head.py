@@ -1,0 +1,81 @@
+"""2-D joint head: the relation-refined image token and the image's own token grid -> 17 joints.
+
+Shapes: grid (N, h, w, C), keep (N, h, w) bool or None, token (N, C) -> (N, J, 2), J = 17, in crop
+coordinates: x right, y down, (0, 0) the crop's top-left corner and (1, 1) its bottom-right corner.
+The output is not clamped (training targets lie in [0, 1]; clamping would cut the gradient).
+
+How (integral regression with a residual):
+  g_l   = W_g LN(grid_l) + P_l                      per-location features with a learned position embedding
+  q_j   = Q_j + W_r token                            joint queries, conditioned on the refined token
+  a_jl  = softmax_l(<q_j, g_l> / sqrt(D) + prior_jl) attention of joint j over the kept locations
+  loc_j = sum_l a_jl centre_l                       soft-argmax: explicit location on the grid
+  out_j = loc_j + MLP(sum_l a_jl g_l + q_j) + b_j    residual offset from the attended features
+The spatial grid gives the location (Swin tokens carry no absolute position, so the head adds it),
+the token carries what the temporal and cross-view relations learned. Mean-pose init: prior_jl is a
+Gaussian around the template joint j (MEAN_POSE_2D), the MLP's last layer starts at zero and b_j is set
+so that the initial output is exactly the template for content-free features.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .config import HeadConfig
+from .transformer import init_weights
+
+#: A plausible mean pose of the 17 H36M joints (hip, r_hip, r_knee, r_foot, l_hip, l_knee, l_foot, spine,
+#: thorax, neck/nose, head, l_shoulder, l_elbow, l_wrist, r_shoulder, r_elbow, r_wrist), a person facing
+#: the camera, centred in the crop, in crop coordinates [0, 1] (x right, y down).
+MEAN_POSE_2D = (
+    (0.50, 0.54), (0.43, 0.54), (0.43, 0.71), (0.43, 0.88), (0.57, 0.54), (0.57, 0.71), (0.57, 0.88),
+    (0.50, 0.42), (0.50, 0.30), (0.50, 0.24), (0.50, 0.16), (0.60, 0.31), (0.64, 0.42), (0.66, 0.52),
+    (0.40, 0.31), (0.36, 0.42), (0.34, 0.52),
+)
+
+
+class JointHead(nn.Module):
+    """Soft-argmax joint head with a residual offset. See the module doc for shapes and the maths."""
+
+    def __init__(self, cfg: HeadConfig, in_dim: int, grid_size: int):
+        super().__init__()
+        self.cfg = cfg
+        d, j, length = cfg.dim, cfg.num_joints, grid_size * grid_size
+        self.feat = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, d))
+        self.cond = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, d))
+        self.pos = nn.Parameter(torch.zeros(length, d))
+        self.queries = nn.Parameter(torch.zeros(j, d))
+        self.offset = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 2))
+        self.scale = d ** -0.5
+        centres = (torch.arange(grid_size, dtype=torch.float32) + 0.5) / grid_size
+        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+        self.register_buffer("centres", torch.stack([cx, cy], dim=-1).reshape(length, 2), persistent=False)
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        nn.init.zeros_(self.offset[-1].weight)
+        template = _template(j)
+        sigma = 1.0 / grid_size
+        prior = -((self.centres[None] - template[:, None]) ** 2).sum(-1) / (2 * sigma ** 2)  # (J, L)
+        self.prior = nn.Parameter(prior)
+        self.bias = nn.Parameter(template - prior.softmax(-1) @ self.centres)
+
+    def forward(self, grid: torch.Tensor, keep: Optional[torch.Tensor], token: torch.Tensor) -> torch.Tensor:
+        n = grid.shape[0]
+        g = self.feat(grid.reshape(n, -1, grid.shape[-1])) + self.pos  # (N, L, D)
+        q = self.queries + self.cond(token)[:, None]  # (N, J, D)
+        logits = (q @ g.transpose(1, 2)) * self.scale + self.prior  # (N, J, L)
+        if keep is not None:
+            logits = logits.masked_fill(~keep.reshape(n, 1, -1), float("-inf"))
+        a = logits.softmax(dim=-1)
+        loc = a @ self.centres
+        return loc + self.offset(a @ g + q) + self.bias
+
+
+def _template(num_joints: int) -> torch.Tensor:
+    if num_joints == len(MEAN_POSE_2D):
+        return torch.tensor(MEAN_POSE_2D, dtype=torch.float32)
+    # another skeleton: joints spread along a vertical line through the crop centre
+    y = torch.linspace(0.15, 0.85, num_joints)
+    return torch.stack([torch.full_like(y, 0.5), y], dim=-1)

@@ -1,0 +1,124 @@
+"""The whole network: images of a multi-view clip -> 2-D joints per image (-> 3-D joints per image).
+
+    images (B, V, F, 3, H, W), ImageNet-normalised, H = W = cfg.spatial.img_size
+      -> spatial (Swin per image, N = B V F)     grid (N, h, w, C), pooled image token (N, C)
+      -> relations over each clip's tokens       (B, V, F, C)
+      -> head (refined token + own grid)         joints2d (B, V, F, 17, 2), crop coordinates, [0, 1]
+      -> lifter (cfg.lift; per view, per frame)  joints3d (B, V, F, 17, 3), root-relative camera mm
+
+view_mask (B, V) bool, True = view present: missing views' images are not run through the spatial
+module (their features are zero), no present view attends to them, and their outputs are meaningless
+(mask them out of the loss).
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional, Union
+
+import torch
+import torch.nn as nn
+from timm.models.swin_transformer import checkpoint_filter_fn
+
+from .config import ModelConfig
+from .head import JointHead
+from .lifter import PoseFormer
+from .relations import ImageRelations
+from .spatial import SpatialEncoder, SpatialFeatures
+
+
+class ModelOutput(NamedTuple):
+    """joints2d (B, V, F, J, 2) crop coords in [0, 1]; joints3d (B, V, F, J, 3) mm, root-relative, or None."""
+    joints2d: torch.Tensor
+    joints3d: Optional[torch.Tensor]
+
+
+class PoseNetwork(nn.Module):
+    """Spatial Swin + image relations + 2-D head (+ PoseFormer lifter). See the module doc for shapes."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.head.num_joints != cfg.lifter.num_joints:
+            raise ValueError("head and lifter must predict the same number of joints")
+        self.cfg = cfg
+        self.spatial = SpatialEncoder(cfg.spatial)
+        dim = self.spatial.num_features
+        self.relations = ImageRelations(cfg.relations, dim)
+        self.head = JointHead(cfg.head, dim, cfg.spatial.grid_sizes()[-1])
+        self.lifter = PoseFormer(cfg.lifter)
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass (Swin stages, relation and lifter blocks)."""
+        self.spatial.set_grad_checkpointing(enable)
+        self.relations.grad_checkpointing = enable
+        self.lifter.grad_checkpointing = enable
+
+    def forward(self, images: torch.Tensor, view_mask: Optional[torch.Tensor] = None) -> ModelOutput:
+        if images.ndim != 6:
+            raise ValueError(f"expected images (B, V, F, 3, H, W), got shape {tuple(images.shape)}")
+        b, v, f = images.shape[:3]
+        feats = self._spatial(images.flatten(0, 2), view_mask, b, v, f)
+        c = feats.pooled.shape[-1]
+        tokens = self.relations(feats.pooled.reshape(b, v, f, c), view_mask)
+        joints2d = self.head(feats.grid, feats.keep, tokens.reshape(-1, c)).reshape(b, v, f, -1, 2)
+        joints3d = None
+        if self.cfg.lift:
+            joints3d = self.lift(joints2d.flatten(0, 1)).reshape(b, v, f, -1, 3)
+        return ModelOutput(joints2d, joints3d)
+
+    def lift(self, joints2d_seq: torch.Tensor) -> torch.Tensor:
+        """(N, T, J, 2) crop coordinates in [0, 1] (as in ModelOutput.joints2d), any T -> (N, T, J, 3) mm.
+
+        Maps u -> 2u - 1 and runs `self.lifter.predict_sequence` (a window centred on every frame,
+        or seq2seq windows)."""
+        return self.lifter.predict_sequence(joints2d_seq * 2 - 1)
+
+    def _spatial(self, flat: torch.Tensor, view_mask: Optional[torch.Tensor], b: int, v: int, f: int) -> SpatialFeatures:
+        if view_mask is None:
+            return self.spatial(flat)
+        present = view_mask.to(torch.bool)[:, :, None].expand(b, v, f).reshape(-1)
+        if bool(present.all()):
+            return self.spatial(flat)
+        idx = present.nonzero().squeeze(1)
+        g = self.cfg.spatial.grid_sizes()[-1]
+        c = self.spatial.num_features
+        n = flat.shape[0]
+        grid = flat.new_zeros(n, g, g, c)
+        pooled = flat.new_zeros(n, c)
+        keep = torch.ones(n, g, g, dtype=torch.bool, device=flat.device)
+        if idx.numel() == 0:
+            return SpatialFeatures(grid, keep, pooled)
+        sub = self.spatial(flat[idx])
+        grid = grid.index_copy(0, idx, sub.grid)
+        pooled = pooled.index_copy(0, idx, sub.pooled)
+        if sub.keep is not None:
+            keep = keep.index_copy(0, idx, sub.keep)
+        return SpatialFeatures(grid, keep, pooled)
+
+
+def build_model(cfg: ModelConfig) -> PoseNetwork:
+    """The network for `cfg`, randomly initialised (load Swin weights with `load_pretrained_spatial`)."""
+    return PoseNetwork(cfg)
+
+
+def load_pretrained_spatial(model: PoseNetwork, path: Union[str, os.PathLike]) -> list[str]:
+    """Load a local timm Swin checkpoint (e.g. swin_tiny_patch4_window7_224's) into `model.spatial.swin`.
+
+    Read with torch.load(weights_only=True); 'model' / 'state_dict' wrappers and 'module.' prefixes are
+    unwrapped, timm's checkpoint_filter_fn converts original-Microsoft layouts and resizes relative
+    position tables / patch embeddings, the classifier is dropped. Raises ValueError when a Swin
+    weight is missing (and RuntimeError on shape mismatch); returns the checkpoint keys left unused.
+    Never downloads anything.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    swin = model.spatial.swin
+    state = checkpoint_filter_fn(state, swin)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    result = swin.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"{path} is not a Swin checkpoint for this config; missing e.g. {result.missing_keys[:5]}")
+    return list(result.unexpected_keys)
