@@ -1,0 +1,61 @@
+"""Training augmentations that keep the views of a clip consistent: a horizontal flip of all views together.
+
+Flipping every view's image about its vertical axis shows the mirror image of the scene. Pixel coordinates are
+continuous (pixel i covers [i, i+1)), so a flip maps x -> width - x. The flipped clip is again a valid H36M clip of
+a mirrored world, with every quantity changed consistently (M = S = diag(-1, 1, 1)):
+  images       reversed along W, in every view and frame
+  pose2d       x -> crop_size - x, left/right joints swapped (FLIP17)
+  box          x0, x1 -> width - x1, width - x0 (full-frame px of the mirrored video)
+  pose3d_cam   X -> M X, joints swapped (the camera sees the mirrored person)
+  pose3d       world joints mirrored about the world's x = 0 plane: S P, joints swapped
+  cameras      R -> M R S (still a rotation), t -> M t, cx -> width - cx, p2 -> -p2 (H36M's tangential term in x),
+               so that projecting the new pose3d with the new cameras gives the new pose2d exactly.
+Bone lengths are unchanged; the person's left side is where the mirrored right side was.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from h36m_tools.skeleton import FLIP17
+
+from .shard import Clip
+
+MIRROR = np.diag([-1.0, 1.0, 1.0])
+
+
+def flip_camera(cam: dict) -> dict:
+    """A camera dict (CAMERA_FIELDS) of the mirrored video: R -> M R S, t -> M t, cx -> width - cx, p2 -> -p2."""
+    out = dict(cam)
+    R, t = np.asarray(cam["R"], float), np.asarray(cam["t"], float)
+    out["R"] = (MIRROR @ R @ MIRROR).tolist()
+    out["t"] = (MIRROR @ t).tolist()
+    out["cx"] = float(cam["width"]) - float(cam["cx"])
+    out["p2"] = -float(cam["p2"])
+    return out
+
+
+def flip_clip(clip: Clip) -> Clip:
+    """The mirrored clip (a new Clip; the input is not changed). `images`, if decoded, must be (..., W) last
+    (the loader's (V, F, 3, H, W)); JPEG bytes are kept as they are, so re-decode is not a flip."""
+    size = float(clip.meta["crop_size"])
+    widths = np.array([float(c["width"]) for c in clip.cameras], np.float32)[:, None]       # (V, 1)
+    pose2d = clip.pose2d[..., FLIP17, :].copy()
+    pose2d[..., 0] = size - pose2d[..., 0]
+    box = clip.box.copy()
+    box[..., 0], box[..., 2] = widths - clip.box[..., 2], widths - clip.box[..., 0]
+    pose3d_cam = clip.pose3d_cam[..., FLIP17, :].copy()
+    pose3d_cam[..., 0] *= -1
+    pose3d = clip.pose3d[..., FLIP17, :].copy()
+    pose3d[..., 0] *= -1
+    meta = copy.deepcopy(clip.meta)
+    meta["flipped"] = not meta.get("flipped", False)
+    images = None if clip.images is None else np.ascontiguousarray(clip.images[..., ::-1])
+    return Clip(key=clip.key, meta=meta, cameras=[flip_camera(c) for c in clip.cameras], pose3d=pose3d,
+                pose3d_cam=pose3d_cam, pose2d=pose2d, box=box, jpeg=clip.jpeg, images=images)
+
+
+def random_flip(clip: Clip, rng: np.random.Generator, p: float = 0.5) -> Clip:
+    """`flip_clip(clip)` with probability p, else the clip unchanged."""
+    return flip_clip(clip) if rng.random() < p else clip

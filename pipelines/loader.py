@@ -1,0 +1,474 @@
+"""The trainer's input: batches of multi-view clips streamed from the tar shards of `h36m shard`, on webdataset.
+
+    loader = make_loader(LoaderConfig("SHARDS/train-{000000..000031}.tar", batch_size=2, augment=True))
+    for epoch in range(E):
+        loader.set_epoch(epoch)
+        for batch in loader:   # len(loader) batches, the same on every rank
+            ...
+
+Where samples go (see docs/shards.md): the shard list (brace patterns / globs expanded, in order) is shuffled with
+(seed, epoch) and dealt to ranks round-robin (each rank reads all shards, keeping every world_size-th sample, when
+there are fewer shards than ranks), then the same way to the rank's DataLoader workers. Each worker streams its shards
+through the webdataset stages (tar -> samples -> shuffle buffer -> decode -> augment -> batch) and yields whole
+batches, so `batch_size=None` in the DataLoader.
+  * `equal_batches=True` (training): every rank yields exactly floor(total / (world_size * batch_size)) batches,
+    total = the samples the shard index lists; a worker that runs out re-reads its shards (a new shuffle), one with
+    more stops early. The batch count of a worker is fixed up front, proportional to its samples.
+  * `equal_batches=False` (evaluation): every sample exactly once over all ranks and workers; the last batch of a
+    worker may be short; ranks may yield different counts.
+A shard that cannot be opened, is corrupt or is shorter than its index says is skipped with a ShardWarning and
+counted in `loader.stats.skipped_shards`; a sample that does not decode in `stats.skipped_samples`. Never a crash.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import random
+import re
+import tarfile
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .shard import MAX_VIEWS, SHARD_RE, Clip, decode_sample
+
+KEYS = ("images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "key", "meta", "cameras")
+
+
+class ShardWarning(UserWarning):
+    """A shard or sample was skipped."""
+
+
+@dataclass
+class LoaderConfig:
+    urls: str | list[str]            # local paths, brace patterns, globs, pipe:..., http(s)://...
+    batch_size: int = 2
+    workers: int = 2                 # DataLoader worker processes (0 = in-process)
+    shuffle: int = 256               # sample shuffle buffer (0 = off, deterministic order)
+    shuffle_shards: bool = True
+    augment: bool = False            # training augmentations (flip etc.)
+    seed: int = 0
+    epoch: int = 0                   # changes the shuffle per epoch
+    rank: int | None = None          # None: from torch.distributed if initialised, else 0
+    world_size: int | None = None
+    equal_batches: bool = True       # same batch count on every rank (training); False: every sample once (eval)
+    pin_memory: bool = False
+
+
+@dataclass
+class LoaderStats:
+    """Counts of the current (or last) pass over the loader, gathered from all workers."""
+    skipped_shards: int = 0
+    skipped_samples: int = 0
+    samples: int = 0
+
+    def add(self, other: "LoaderStats") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+# ----------------------------------------------------------------------------------------- URLs and the index
+
+def expand_urls(urls: str | list[str]) -> list[str]:
+    """Brace patterns (`a-{000000..000003}.tar`), `::`-separated lists and local globs -> a list of URLs."""
+    import braceexpand
+
+    items = urls.split("::") if isinstance(urls, str) else list(urls)
+    out = []
+    for item in items:
+        for url in braceexpand.braceexpand(str(item)):
+            if _is_local(url) and any(c in url for c in "*?["):
+                out += sorted(glob.glob(_local_path(url)))
+            else:
+                out.append(url)
+    return out
+
+
+def _is_local(url: str) -> bool:
+    return not re.match(r"^[a-z][a-z0-9+.-]*:", url) or url.startswith("file:")
+
+
+def _local_path(url: str) -> str:
+    return urllib.parse.urlparse(url).path if url.startswith("file:") else url
+
+
+def _tar_target(url: str) -> str | None:
+    """The shard a URL names: itself, or for `pipe:cmd ... x.tar` the last `.tar` path or URL in the command."""
+    if url.startswith("pipe:"):
+        tars = re.findall(r"[^\s'\"]+\.tar\b", url[5:])
+        return tars[-1] if tars else None
+    return url
+
+
+def _fetch_index(index_url: str) -> dict | None:
+    try:
+        if _is_local(index_url):
+            p = Path(_local_path(index_url))
+            return json.loads(p.read_text()) if p.is_file() else None
+        with urllib.request.urlopen(index_url, timeout=30) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+def shard_counts(urls: list[str]) -> list[int | None]:
+    """Samples per shard from the `{split}-index.json` beside each shard (None where no index lists it)."""
+    cache: dict[str, dict | None] = {}
+    out = []
+    for url in urls:
+        target = _tar_target(url)
+        name = target.rsplit("/", 1)[-1] if target else ""
+        m = SHARD_RE.match(name)
+        if not m:
+            out.append(None)
+            continue
+        index_url = target[: len(target) - len(name)] + f"{m.group('split')}-index.json"
+        if index_url not in cache:
+            cache[index_url] = _fetch_index(index_url)
+        index = cache[index_url] or {}
+        counts = {e.get("name"): e.get("samples") for e in index.get("shards", []) if isinstance(e, dict)}
+        n = counts.get(name)
+        out.append(int(n) if isinstance(n, int) else None)
+    return out
+
+
+def open_url(url: str):
+    """A binary stream for a local path, file:, http(s): (urllib, no curl needed) or pipe: URL."""
+    if _is_local(url):
+        return open(_local_path(url), "rb")
+    if url.startswith(("http://", "https://")):
+        return urllib.request.urlopen(url, timeout=60)
+    from webdataset.gopen import gopen
+
+    return gopen(url, "rb")
+
+
+# ----------------------------------------------------------------------------------------- who reads what
+
+@dataclass(frozen=True)
+class Unit:
+    """Read shard `url`, keeping its samples number i (in tar order) with i % modulo == residue."""
+    url: str
+    modulo: int = 1
+    residue: int = 0
+    shard_samples: int | None = None     # samples in the whole shard (index), None if unknown
+
+    @property
+    def samples(self) -> int | None:
+        n = self.shard_samples
+        return None if n is None else max(0, (n - self.residue + self.modulo - 1) // self.modulo)
+
+
+@dataclass(frozen=True)
+class ReaderPlan:
+    """What one DataLoader worker of one rank reads, and how many batches it yields (None: all its samples once)."""
+    units: tuple[Unit, ...]
+    batches: int | None
+
+    @property
+    def samples(self) -> int | None:
+        counts = [u.samples for u in self.units]
+        return None if None in counts else sum(counts)
+
+
+def _deal(units: list[Unit], parts: int, part: int) -> list[Unit]:
+    """Split units into `parts` disjoint parts: whole shards when there are enough, else samples within shards."""
+    if len(units) >= parts:
+        return units[part::parts]
+    return [Unit(u.url, u.modulo * parts, u.residue + u.modulo * part, u.shard_samples) for u in units]
+
+
+def _apportion(total: int, weights: list[int]) -> list[int]:
+    """Split `total` into integers proportional to `weights` (largest remainder); all weights 0 -> even split."""
+    if not weights:
+        return []
+    if sum(weights) == 0:
+        weights = [1] * len(weights)
+    raw = [total * w / sum(weights) for w in weights]
+    out = [int(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: (out[i] - raw[i], i))[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def plan_rank(urls: list[str], counts: list[int | None], *, rank: int, world_size: int, workers: int,
+              batch_size: int, seed: int, epoch: int, shuffle_shards: bool, equal_batches: bool
+              ) -> list[ReaderPlan]:
+    """The plans of the `max(workers, 1)` readers of one rank (pure: the same inputs give the same plans on every
+    rank, and the ranks' parts are disjoint)."""
+    order = list(range(len(urls)))
+    if shuffle_shards:
+        order = [int(i) for i in np.random.default_rng([seed, epoch]).permutation(len(urls))]
+    units = [Unit(urls[i], shard_samples=counts[i]) for i in order]
+    mine = _deal(units, world_size, rank)
+    readers = max(workers, 1)
+    parts = [tuple(_deal(mine, readers, w)) for w in range(readers)]
+    known = None not in counts
+    if equal_batches and known:
+        total = sum(c for c in counts)
+        per_rank = total // (world_size * batch_size)
+        quotas = _apportion(per_rank, [ReaderPlan(p, None).samples for p in parts])
+        return [ReaderPlan(p, q) for p, q in zip(parts, quotas)]
+    return [ReaderPlan(p, None) for p in parts]
+
+
+def plan_batches(plans: list[ReaderPlan], batch_size: int) -> int | None:
+    """Batches a rank yields under its plans, None if unknown (no index)."""
+    if all(p.batches is not None for p in plans):
+        return sum(p.batches for p in plans)
+    if any(p.samples is None for p in plans):
+        return None
+    return sum(-(-p.samples // batch_size) for p in plans)
+
+
+# ----------------------------------------------------------------------------------------- worker stages
+
+class _Reader:
+    """One worker's stream: shards -> raw samples -> shuffle -> clips with images -> batches, with its counts."""
+
+    def __init__(self, plan: ReaderPlan, batch_size: int, shuffle: int, augment: bool, rng_seed: list[int]):
+        self.plan, self.batch_size, self.shuffle, self.augment = plan, batch_size, shuffle, augment
+        self.rng = np.random.default_rng(rng_seed)
+        self.stats = LoaderStats()
+        self.reported = LoaderStats()
+        self.bad_urls: set[str] = set()
+
+    def _skip_shard(self, url: str, why: str) -> None:
+        if url not in self.bad_urls:
+            self.bad_urls.add(url)
+            self.stats.skipped_shards += 1
+            warnings.warn(f"{url}: shard skipped ({why})", ShardWarning, stacklevel=2)
+
+    def read_unit(self, unit: Unit) -> Iterator[dict]:
+        """Raw samples of one unit; errors end the shard (counted once per shard)."""
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        errors: list[Exception] = []
+
+        def handler(exn):
+            errors.append(exn)
+            return True
+
+        try:
+            stream = open_url(unit.url)
+        except Exception as e:
+            self._skip_shard(unit.url, f"cannot open: {e}")
+            return
+        n = 0
+        try:
+            source = [{"url": unit.url, "stream": stream}]
+            for i, raw in enumerate(group_by_keys(tar_file_expander(source, handler=handler), handler=handler)):
+                n = i + 1
+                if i % unit.modulo == unit.residue:
+                    yield raw
+        except (tarfile.TarError, OSError, ValueError) as e:    # a stream that fails on close, e.g. a pipe
+            errors.append(e)
+        finally:
+            try:
+                stream.close()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            self._skip_shard(unit.url, f"{type(errors[0]).__name__}: {str(errors[0].args[0] if errors[0].args else errors[0])[:200]}")
+        elif unit.shard_samples is not None and n < unit.shard_samples:
+            self._skip_shard(unit.url, f"{n} samples, its index lists {unit.shard_samples}")
+
+    def raw_samples(self, repeat: bool) -> Iterator[dict]:
+        """The plan's samples, shuffled within a pass (a buffer of `shuffle` samples); with `repeat`, pass after
+        pass (shards reshuffled) until a pass yields nothing, so no sample comes twice before all came once."""
+        from webdataset.filters import _shuffle
+
+        units = list(self.plan.units)
+        while True:
+            got = 0
+
+            def one_pass():
+                nonlocal got
+                for unit in units:
+                    if unit.url not in self.bad_urls:
+                        for raw in self.read_unit(unit):
+                            got += 1
+                            yield raw
+
+            stream = one_pass()
+            if self.shuffle > 1:
+                stream = _shuffle(stream, bufsize=self.shuffle, initial=self.shuffle,
+                                  rng=random.Random(int(self.rng.integers(2 ** 63))))
+            yield from stream
+            if not repeat or got == 0:
+                return
+            units = [units[i] for i in self.rng.permutation(len(units))]
+
+    def clips(self, raws: Iterator[dict]) -> Iterator[Clip]:
+        from .augment import random_flip
+
+        shape = None
+        for raw in raws:
+            key = raw.get("__key__", "?")
+            try:
+                clip = decode_chw(decode_sample(raw))
+                s = (clip.frames, int(clip.meta["crop_size"]))
+                if shape is None:
+                    shape = s
+                elif s != shape:
+                    raise ValueError(f"{s[0]} frames of {s[1]} px, this stream has {shape[0]} of {shape[1]} px")
+            except ValueError as e:
+                self.stats.skipped_samples += 1
+                warnings.warn(f"{raw.get('__url__', '?')}: sample {key} skipped ({e})", ShardWarning, stacklevel=2)
+                continue
+            self.stats.samples += 1
+            yield random_flip(clip, self.rng) if self.augment else clip
+
+    def _delta(self) -> LoaderStats:
+        d = LoaderStats(*(getattr(self.stats, f.name) - getattr(self.reported, f.name) for f in fields(LoaderStats)))
+        self.reported = LoaderStats(**vars(self.stats))
+        return d
+
+    def __iter__(self) -> Iterator[dict]:
+        quota = self.plan.batches
+        if quota == 0:
+            yield {"_stats": self._delta()}
+            return
+        raws = self.raw_samples(repeat=quota is not None)
+        made, batch = 0, []
+        for clip in self.clips(raws):
+            batch.append(clip)
+            if len(batch) == self.batch_size:
+                yield {**collate(batch), "_stats": self._delta()}
+                made, batch = made + 1, []
+                if quota is not None and made >= quota:
+                    break
+        if batch and quota is None:
+            yield {**collate(batch), "_stats": self._delta()}
+        elif quota is not None and made < quota:
+            warnings.warn(f"a reader yielded {made} of {quota} batches: no readable samples left in "
+                          f"{[u.url for u in self.plan.units]}", ShardWarning, stacklevel=2)
+        yield {"_stats": self._delta()}
+
+
+def decode_chw(clip: Clip) -> Clip:
+    """Decode the JPEGs into `clip.images` (V, F, 3, H, W) uint8 RGB; ValueError on a bad or wrong-size JPEG."""
+    import cv2
+
+    size = int(clip.meta["crop_size"])
+    out = np.empty((clip.views, clip.frames, 3, size, size), np.uint8)
+    for v, frames in enumerate(clip.jpeg):
+        for t, data in enumerate(frames):
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if img is None or img.shape != (size, size, 3):
+                got = "not a decodable JPEG" if img is None else f"{img.shape[1]}x{img.shape[0]}"
+                raise ValueError(f"v{v}_{t:04d}.jpg: {got}, expected a {size}x{size} JPEG")
+            out[v, t] = img.transpose(2, 0, 1)[::-1]
+    clip.images = out
+    return clip
+
+
+def collate(clips: list[Clip]) -> dict:
+    """Clips (same F and crop size, images (V, F, 3, H, W)) -> the batch dict, views zero-padded to MAX_VIEWS."""
+    B, V = len(clips), max(MAX_VIEWS, max(c.views for c in clips))
+    F, size = clips[0].frames, clips[0].images.shape[-1]
+    images = np.zeros((B, V, F, 3, size, size), np.uint8)
+    pose2d = np.zeros((B, V, F, 17, 2), np.float32)
+    pose3d_cam = np.zeros((B, V, F, 17, 3), np.float32)
+    box = np.zeros((B, V, F, 4), np.float32)
+    mask = np.zeros((B, V), bool)
+    for b, c in enumerate(clips):
+        n = c.views
+        images[b, :n], pose2d[b, :n], pose3d_cam[b, :n], box[b, :n] = c.images, c.pose2d, c.pose3d_cam, c.box
+        mask[b, :n] = True
+    return {"images": torch.from_numpy(images), "pose2d": torch.from_numpy(pose2d),
+            "pose3d_cam": torch.from_numpy(pose3d_cam),
+            "pose3d": torch.from_numpy(np.stack([c.pose3d for c in clips]).astype(np.float32)),
+            "box": torch.from_numpy(box), "view_mask": torch.from_numpy(mask),
+            "key": [c.key for c in clips], "meta": [c.meta for c in clips], "cameras": [c.cameras for c in clips]}
+
+
+# ----------------------------------------------------------------------------------------- the loader
+
+class ClipStream(IterableDataset):
+    """The DataLoader's dataset: worker w of the rank runs reader plan w (set `plans` before iterating)."""
+
+    def __init__(self, cfg: LoaderConfig, rank: int):
+        self.cfg, self.rank = cfg, rank
+        self.plans: list[ReaderPlan] = []
+
+    def __iter__(self):
+        info = get_worker_info()
+        w = info.id if info is not None else 0
+        cfg = self.cfg
+        yield from _Reader(self.plans[w], cfg.batch_size, cfg.shuffle, cfg.augment,
+                           [cfg.seed, cfg.epoch, self.rank, w])
+
+
+class ShardLoader:
+    """Iterable over batch dicts (see KEYS); `len()` = batches per epoch on this rank when the index is found."""
+
+    def __init__(self, cfg: LoaderConfig):
+        if cfg.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+        self.cfg = cfg
+        self.rank, self.world_size = _rank_world(cfg)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+        self.urls = expand_urls(cfg.urls)
+        if not self.urls:
+            raise ValueError(f"no shards match {cfg.urls!r}")
+        self.counts = shard_counts(self.urls)
+        self.total_samples = None if None in self.counts else sum(self.counts)
+        if cfg.equal_batches and self.total_samples is None and self.world_size > 1:
+            warnings.warn("no shard index found for some shards: ranks may yield different batch counts",
+                          ShardWarning, stacklevel=2)
+        self.stats = LoaderStats()
+        self.dataset = ClipStream(cfg, self.rank)
+        self._loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, num_workers=cfg.workers, pin_memory=cfg.pin_memory,
+            prefetch_factor=2 if cfg.workers else None)
+
+    def plans(self, epoch: int | None = None) -> list[ReaderPlan]:
+        c = self.cfg
+        return plan_rank(self.urls, self.counts, rank=self.rank, world_size=self.world_size, workers=c.workers,
+                         batch_size=c.batch_size, seed=c.seed, epoch=c.epoch if epoch is None else epoch,
+                         shuffle_shards=c.shuffle_shards, equal_batches=c.equal_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffles of `epoch` from the next pass on."""
+        self.cfg.epoch = epoch
+
+    def __len__(self) -> int:
+        n = plan_batches(self.plans(), self.cfg.batch_size)
+        if n is None:
+            raise TypeError("batches per epoch unknown: no {split}-index.json found beside the shards")
+        return n
+
+    def __iter__(self) -> Iterator[dict]:
+        self.stats = LoaderStats()
+        self.dataset.plans = self.plans()
+        for item in self._loader:
+            self.stats.add(item.pop("_stats"))
+            if "images" in item:
+                yield item
+
+
+def make_loader(cfg: LoaderConfig) -> ShardLoader:
+    """The loader for `cfg` (see the module docstring for who reads what)."""
+    return ShardLoader(cfg)
+
+
+def _rank_world(cfg: LoaderConfig) -> tuple[int, int]:
+    rank, world = cfg.rank, cfg.world_size
+    if rank is None or world is None:
+        import torch.distributed as dist
+
+        live = dist.is_available() and dist.is_initialized()
+        if rank is None:
+            rank = dist.get_rank() if live else 0
+        if world is None:
+            world = dist.get_world_size() if live else 1
+    return int(rank), int(world)
