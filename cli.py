@@ -19,7 +19,10 @@ def _console():
 def _fail(message: str, code: int = 1):
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    # soft_wrap: one line whatever the terminal width (messages name long paths); escape: paths may hold '['
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
     sys.exit(code)
 
 
@@ -100,6 +103,97 @@ def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, 
 
 
 # --- extract commands (issue 3) ---
+def _extract_plan_table(plan):
+    from rich.table import Table
+
+    table = Table("subject", "sequences", "videos", "pose frames", "done before", "to do", "other parts",
+                  title="plan", title_justify="left")
+    for r in plan.by_subject():
+        table.add_row(r["subject"], str(r["sequences"]), str(r["videos"]), str(r["pose_frames"]), str(r["done"]),
+                      str(r["todo"]), str(r["other part"]))
+    return table
+
+
+def _extract_summary_table(results):
+    from rich.table import Table
+
+    table = Table("sequence", "status", "frames", "cameras", "trimmed at the end", "bbox", title="summary",
+                  title_justify="left")
+    for r in results:
+        trimmed = " ".join(f"{c}:{n}" for c, n in r.trimmed.items() if n) or "-"
+        table.add_row(r.key, {"done": "[green]done[/]", "skipped": "[yellow]skipped[/]"}.get(r.status, "[red]failed[/]"),
+                      str(r.frames or "-"), str(len(r.cameras) or "-"), trimmed, r.bbox or "-")
+    return table
+
+
+@main.command()
+@click.argument("raw", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--subjects", default=None, help="Comma-separated subjects [default: every S<n> folder in RAW].")
+@click.option("--size", default=224, show_default=True, type=click.IntRange(8, 4096), help="Crop side, pixels.")
+@click.option("--margin", default=1.2, show_default=True, type=click.FloatRange(1.0, 10.0),
+              help="Box side / larger extent of the joints (or mask).")
+@click.option("--bbox", type=click.Choice(["joints", "mask"]), default="joints", show_default=True,
+              help="Boxes from the 17 2-D joints, or from ground_truth_bb masks (joints where a subject has none).")
+@click.option("--quality", default=90, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
+@click.option("--cameras", "cameras_file", default=None, type=click.Path(path_type=Path),
+              help="metadata.xml or cameras.json to project with [default: the bundled H36M parameters].")
+@click.option("--min-views", default=4, show_default=True, type=click.IntRange(1, 4),
+              help="Keep a sequence with at least this many readable cameras (3 keeps S11 Directions).")
+@click.option("--workers", default=None, type=click.IntRange(1), help="Processes [default: all cores].")
+@click.option("--part", default="1/1", show_default=True,
+              help="Do the I-th of N shares (I/N), e.g. $SLURM_ARRAY_TASK_ID/N; all parts may share one OUT.")
+@click.option("--keep-going", is_flag=True, help="Exit 0 even if some sequences failed (they are still listed).")
+def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_views, workers, part, keep_going):
+    """Turn a release in RAW into an extracted dataset in OUT: per sequence, synchronised square JPEG crops of every
+    camera and frame with their 2-D/3-D joints and boxes (Parquet), plus manifest.json and cameras.json.
+
+    A killed run started again redoes only unfinished sequences. Skipped sequences (a missing or unreadable camera,
+    no poses) do not change the exit status; failed ones (bad input files, a full disk) make it 1.
+    """
+    from h36m_tools.names import parse_subjects
+    from pipelines.extract import plan_extract, run_extract
+    from pipelines.extract_plan import ExtractConfig, default_workers, parse_part
+
+    try:
+        cfg = ExtractConfig(raw=raw, out=out, subjects=parse_subjects(subjects) if subjects else None, size=size,
+                            margin=margin, bbox=bbox, quality=quality, cameras=cameras_file, min_views=min_views,
+                            workers=workers or default_workers(), part=parse_part(part))
+    except ValueError as e:
+        _fail(str(e))
+    plan = plan_extract(cfg)
+    console = _console()
+    todo = plan.todo
+    frames = sum(s.pose_frames or 0 for s in todo)
+    console.print(f"extract {raw} -> {out}: part {cfg.part[0]}/{cfg.part[1]}, {cfg.workers} workers, crops "
+                  f"{size}x{size} from {bbox} boxes x{margin}; {len(todo)} sequences to do ({frames} pose frames)",
+                  soft_wrap=True, markup=False)
+    console.print(_extract_plan_table(plan))
+    results = []
+    if todo:
+        with _progress(console) as progress:
+            task = progress.add_task("sequences", total=len(todo))
+            results = run_extract(cfg, plan, on_progress=lambda ev: progress.advance(task))
+    else:
+        results = run_extract(cfg, plan)
+    if results:
+        console.print(_extract_summary_table(results))
+    for r in results:
+        if r.status == "skipped":
+            click.echo(f"skipped {r.key}: {r.reason}")
+        for note in r.notes:
+            click.echo(f"note {r.key}: {note}")
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        click.echo(f"error: {r.key}: {r.reason}", err=True)
+    done = [r for r in results if r.status == "done"]
+    console.print(f"{len(done)} extracted ({sum(r.frames for r in done)} frames), "
+                  f"{sum(r.status == 'skipped' for r in results)} skipped, {len(failed)} failed; "
+                  f"already done before: {sum(s.status == 'done' for s in plan.sequences)}; "
+                  f"manifest: {Path(out) / 'manifest.json'}", soft_wrap=True, markup=False)
+    if failed and not keep_going:
+        sys.exit(1)
+
 
 
 # --- shard, verify, show commands (issue 4) ---
