@@ -1,0 +1,544 @@
+"""`h36m train`: one training run of one stage (2d, lift or joint) on WebDataset shards, single process or DDP.
+
+    from pipelines.train import train, resume
+    result = train(TrainConfig(shards="SH/train-{000000..000003}.tar", out="runs/2d", stage="2d"))
+    result = resume("runs/2d")                         # continues at the same step and learning rate
+
+Stages (see TrainConfig.stage): `2d` trains spatial + relations + head on the images (loss: mean Euclidean 2-D joint
+error in crop units, the crop side = 1); `lift` trains only the lifter on 2-D joint sequences (the shards'
+ground-truth crop joints + Gaussian noise, or the network's own 2-D predictions) against root-relative camera 3-D
+joints (loss: MPJPE in metres); `joint` fine-tunes everything end to end (2-D loss + w x 3-D loss).
+
+Run folder:
+    config.toml, config.json   the resolved TrainConfig and ModelConfig
+    checkpoint.pt              latest checkpoint (pipelines.checkpoint), written atomically
+    metrics.jsonl              one JSON line per logged step (rank 0; loss averaged over ranks)
+    ranks/rank-<r>.jsonl       per-rank step log (several processes only)
+    tb/                        TensorBoard events
+
+Determinism: the loader's order is a function of (seed, epoch, rank); the lift noise comes from a generator seeded
+by (seed, rank, step); the RNG states are in the checkpoint. A run stopped after a checkpoint and resumed skips the
+epoch's batches already used and reproduces the unbroken run's losses.
+Several processes: start with torchrun; every rank runs the same number of steps (the loader's equal_batches), the
+backend is NCCL on GPUs and gloo on CPUs; only rank 0 writes files and reports progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from h36m_tools.errors import H36MError
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .train_config import RUN_CONTROL, TrainConfig, from_dict, model_config, resolve, to_dict, to_toml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TrainEvent:
+    """What `on_progress` receives. kind: start | step | checkpoint | epoch | end | interrupted."""
+    kind: str
+    step: int
+    total_steps: int
+    epoch: int
+    epochs: int
+    loss: float = math.nan
+    lr: float = math.nan
+    images_per_s: float = math.nan        # images (views x frames) per second, all ranks
+    data_wait: float = math.nan           # share of the step's wall time spent waiting for the loader
+    err2d_px: float = math.nan            # mean 2-D joint error in crop px (2d, joint)
+    mpjpe_mm: float = math.nan            # MPJPE in mm (lift, joint)
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    steps: int
+    total_steps: int
+    epochs: int
+    done: bool                            # all epochs trained
+    last_loss: float
+    checkpoint: Path
+
+
+@dataclass
+class PoseStats:
+    """Running sums over the training batches for the mean-pose baseline: crop-normalised 2-D joints ([0, 1])
+    and root-relative camera 3-D joints (mm), of rank 0's share of the data."""
+    sum2d: np.ndarray = field(default_factory=lambda: np.zeros((17, 2)))
+    sum3d: np.ndarray = field(default_factory=lambda: np.zeros((17, 3)))
+    count: int = 0
+
+    def update(self, pose2d01: np.ndarray, pose3d_rel: np.ndarray) -> None:
+        """(n, 17, 2) and (n, 17, 3) joints of present views and frames."""
+        self.sum2d += pose2d01.reshape(-1, 17, 2).sum(0)
+        self.sum3d += pose3d_rel.reshape(-1, 17, 3).sum(0)
+        self.count += int(pose2d01.reshape(-1, 17, 2).shape[0])
+
+    @property
+    def mean2d(self) -> np.ndarray:
+        return self.sum2d / max(self.count, 1)
+
+    @property
+    def mean3d(self) -> np.ndarray:
+        return self.sum3d / max(self.count, 1)
+
+    def state(self) -> dict:
+        import torch
+
+        return {"sum2d": torch.from_numpy(self.sum2d.copy()), "sum3d": torch.from_numpy(self.sum3d.copy()),
+                "count": self.count}
+
+    @classmethod
+    def from_state(cls, s: dict | None) -> "PoseStats":
+        if not s:
+            return cls()
+        return cls(s["sum2d"].numpy().astype(np.float64), s["sum3d"].numpy().astype(np.float64), int(s["count"]))
+
+
+def train(cfg: TrainConfig, on_progress: Optional[Callable[[TrainEvent], None]] = None) -> TrainResult:
+    """Start a new run in cfg.out (which must not hold a checkpoint yet). Raises H36MError / ValueError on bad
+    input; KeyboardInterrupt after saving a checkpoint."""
+    cfg = resolve(cfg)
+    ckpt = Path(cfg.out) / CHECKPOINT_NAME
+    if ckpt.exists():
+        raise H36MError(cfg.out, "already holds a run (checkpoint.pt); use --resume, or another --out")
+    return _Trainer(cfg, None, on_progress).run()
+
+
+def resume(run: str | os.PathLike, on_progress: Optional[Callable[[TrainEvent], None]] = None,
+           **control) -> TrainResult:
+    """Continue the run in folder `run` at its checkpoint's step. `control` may change only RUN_CONTROL fields
+    (max_steps, checkpoint_every, log_every, workers, shards, device, compile)."""
+    state = load_checkpoint(Path(run) / CHECKPOINT_NAME)
+    bad = sorted(k for k, v in control.items() if v is not None and k not in RUN_CONTROL)
+    if bad:
+        raise ValueError(f"cannot change {', '.join(bad)} when resuming (only {', '.join(RUN_CONTROL)})")
+    cfg = from_dict(state["config"]["train"])
+    if state.get("done"):
+        return TrainResult(Path(run), int(state["step"]), int(state["total_steps"]), cfg.epochs, True, math.nan,
+                           Path(run) / CHECKPOINT_NAME)
+    cfg = replace(cfg, out=str(run), **{k: v for k, v in control.items() if v is not None})
+    if "max_steps" in control:
+        cfg = replace(cfg, max_steps=control["max_steps"])
+    return _Trainer(resolve(cfg), state, on_progress).run()
+
+
+# ----- the training step ---------------------------------------------------------------------------------------
+
+def _stage_module(net, cfg: TrainConfig):
+    """An nn.Module whose forward is one stage's loss (so DDP sees every parameter used in the step)."""
+    import torch
+    import torch.nn as nn
+
+    class StageLoss(nn.Module):
+        """forward(images, view_mask, target2d, target3d, noise2d) -> (loss, err2d, mpjpe_m); see module doc."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            trainable = {"2d": ("spatial", "relations", "head"), "lift": ("lifter",),
+                         "joint": ("spatial", "relations", "head", "lifter")}[cfg.stage]
+            self.frozen = [m for name, m in net.named_children() if name not in trainable]
+            for name, m in net.named_children():
+                m.requires_grad_(name in trainable)
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            for m in self.frozen:
+                m.eval()
+            return self
+
+        def forward(self, images, view_mask, target2d, target3d, noise2d):
+            nan = target2d.new_tensor(math.nan)
+            if cfg.stage == "2d":
+                out = self.net(images, view_mask)
+                err2d = _joint_dist(out.joints2d, target2d, view_mask)
+                return err2d, err2d.detach(), nan
+            if cfg.stage == "lift":
+                if cfg.lift_inputs == "pred":
+                    with torch.no_grad():
+                        inputs = self.net(images, view_mask).joints2d.float()
+                else:
+                    inputs = target2d + noise2d
+                pred3d = self.net.lift(inputs[view_mask])                       # (n, F, 17, 3) mm
+                m = (pred3d.float() - target3d[view_mask]).norm(dim=-1).mean() / 1000.0
+                return m, nan, m.detach()
+            out = self.net(images, view_mask)
+            err2d = _joint_dist(out.joints2d, target2d, view_mask)
+            m = (out.joints3d.float() - target3d).norm(dim=-1)[view_mask].mean() / 1000.0
+            return err2d + cfg.loss3d_weight * m, err2d.detach(), m.detach()
+
+    return StageLoss()
+
+
+def _joint_dist(pred, target, view_mask):
+    """Mean Euclidean distance over present views, frames, joints; (B, V, F, J, 2) x2, (B, V) -> scalar."""
+    return (pred.float() - target).norm(dim=-1)[view_mask].mean()
+
+
+def _param_groups(module, weight_decay: float):
+    """AdamW groups: no weight decay on biases, norms and embeddings / position tables."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim <= 1 or any(k in name for k in ("pos", "relative_position", "queries", "prior", "embed.w"))
+        (no_decay if plain else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def normalise_images(images, img_size: int):
+    """uint8 (B, V, F, 3, H, W) on the device -> float32 ImageNet-normalised, resized to img_size if needed."""
+    import torch
+    import torch.nn.functional as tf
+
+    x = images.float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    x = (x - mean) / std
+    if x.shape[-1] != img_size or x.shape[-2] != img_size:
+        shape = x.shape
+        x = tf.interpolate(x.flatten(0, 2), size=(img_size, img_size), mode="bilinear", antialias=True,
+                           align_corners=False).reshape(*shape[:4], img_size, img_size)
+    return x
+
+
+def crop_size_of(batch) -> float:
+    """The crop side in px the batch's pose2d is measured in (meta crop_size, else the image width)."""
+    meta = batch.get("meta") or [{}]
+    return float(meta[0].get("crop_size") or batch["images"].shape[-1])
+
+
+# ----- the loop -------------------------------------------------------------------------------------------------
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, state: dict | None, on_progress):
+        self.cfg, self.state = cfg, state
+        self.run_dir = Path(cfg.out)
+        self.on_progress = on_progress
+
+    def emit(self, event: TrainEvent) -> None:
+        if self.rank == 0 and self.on_progress is not None:
+            self.on_progress(event)
+
+    def run(self) -> TrainResult:
+        import torch
+
+        cfg = self.cfg
+        self.rank, self.world, self.device = _distributed(cfg.device)
+        try:
+            return self._run(torch)
+        finally:
+            if self.world > 1 and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+    def _run(self, torch) -> TrainResult:
+        from model import ModelConfig, build_model
+
+        cfg, dev = self.cfg, self.device
+        torch.manual_seed(cfg.seed + self.rank)
+        np.random.seed(cfg.seed + self.rank)
+        if dev.type == "cuda" and cfg.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        init = load_checkpoint(cfg.init) if cfg.init and self.state is None else None
+        if self.state is not None:
+            mcfg = ModelConfig.from_dict(self.state["config"]["model"])
+        else:
+            mcfg = model_config(cfg, ModelConfig.from_dict(init["config"]["model"]) if init else None)
+        net = build_model(mcfg)
+        if init is not None:
+            net.load_state_dict(init["model"])
+        net.to(dev)
+        stage = _stage_module(net, cfg).to(dev)
+        opt = torch.optim.AdamW(_param_groups(stage, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+
+        pin = dev.type == "cuda"
+        loader = self._loader(0, pin)
+        steps_per_epoch = len(loader) // cfg.grad_accum
+        if steps_per_epoch < 1:
+            raise H36MError(cfg.urls()[0], f"{len(loader)} batches of {cfg.batch_size} clips per rank: fewer than "
+                                           f"grad_accum={cfg.grad_accum} (need more data or a smaller batch)")
+        total = cfg.epochs * steps_per_epoch
+        warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+        from .schedule import make_scheduler
+
+        sched = make_scheduler(opt, total, warm, cfg.min_lr_ratio)
+        step, stats = 0, PoseStats()
+        if self.state is not None:
+            s = self.state
+            if s["steps_per_epoch"] != steps_per_epoch:
+                raise H36MError(cfg.urls()[0], f"the shards now give {steps_per_epoch} steps per epoch, the run was "
+                                               f"started with {s['steps_per_epoch']}: not the same data")
+            net.load_state_dict(s["model"])
+            opt.load_state_dict(s["optimizer"])
+            sched.load_state_dict(s["scheduler"])
+            step, stats = int(s["step"]), PoseStats.from_state(s.get("stats"))
+            if self.rank == 0:
+                set_rng_state(s["rng"])
+            else:
+                torch.manual_seed(cfg.seed * 1000003 + self.rank * 7919 + step)
+        elif self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_text(self.run_dir / "config.toml", to_toml(to_dict(cfg), mcfg.to_dict()))
+            _write_text(self.run_dir / "config.json",
+                        json.dumps({"train": to_dict(cfg), "model": mcfg.to_dict()}, indent=2) + "\n")
+
+        module = stage
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            module = DistributedDataParallel(stage, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                             find_unused_parameters=False)
+        if cfg.compile:
+            module = torch.compile(module)
+        module.train()
+
+        self.net, self.opt, self.sched, self.mcfg = net, opt, sched, mcfg
+        self.steps_per_epoch, self.total = steps_per_epoch, total
+        self.stats = stats
+        log = _RunLog(self.run_dir, self.rank, self.world, step)
+        self.emit(TrainEvent("start", step, total, step // steps_per_epoch, cfg.epochs,
+                             lr=sched.get_last_lr()[0],
+                             message=f"{cfg.stage} stage, {self.world} process(es) on {dev.type}, "
+                                     f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs"))
+        last_loss = math.nan
+        self.step = step
+        try:
+            while self.step < total:
+                epoch = self.step // steps_per_epoch
+                if epoch > 0 or loader is None:
+                    loader = self._loader(epoch, pin)
+                last_loss, stopped = self._epoch(torch, module, loader, epoch, log)
+                loader = None
+                if stopped:
+                    break
+        except KeyboardInterrupt:
+            if self.rank == 0:
+                self._save(False)
+            self.emit(TrainEvent("interrupted", self.step, total, self.step // steps_per_epoch, cfg.epochs,
+                                 message=f"checkpoint saved at step {self.step}"))
+            raise
+        finally:
+            log.close()
+        done = self.step >= total
+        if self.rank == 0:
+            self._save(done)
+        self.emit(TrainEvent("end", self.step, total, min(self.step // steps_per_epoch, cfg.epochs), cfg.epochs,
+                             loss=last_loss, message="done" if done else f"stopped at step {self.step}"))
+        return TrainResult(self.run_dir, self.step, total, cfg.epochs, done, last_loss,
+                           self.run_dir / CHECKPOINT_NAME)
+
+    def _loader(self, epoch: int, pin: bool):
+        from .loader import LoaderConfig, make_loader
+
+        cfg = self.cfg
+        return make_loader(LoaderConfig(urls=cfg.urls(), batch_size=cfg.batch_size, workers=cfg.workers,
+                                        shuffle=cfg.shuffle, augment=cfg.augment and cfg.stage == "2d",
+                                        seed=cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world,
+                                        equal_batches=True, pin_memory=pin))
+
+    def _epoch(self, torch, module, loader, epoch: int, log) -> tuple[float, bool]:
+        cfg, dev = self.cfg, self.device
+        first = self.step - epoch * self.steps_per_epoch
+        it = iter(loader)
+        for _ in range(first * cfg.grad_accum):         # resume: the batches this epoch already used
+            next(it)
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if (dev.type == "cuda" and cfg.amp) \
+            else contextlib.nullcontext()
+        loss = math.nan
+        for _ in range(first, self.steps_per_epoch):
+            t0 = time.perf_counter()
+            wait = 0.0
+            images_seen = 0
+            sums = torch.zeros(3, dtype=torch.float64)
+            self.opt.zero_grad(set_to_none=True)
+            for micro in range(cfg.grad_accum):
+                t = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    raise H36MError(cfg.urls()[0], f"the loader ended after fewer batches than its length "
+                                                   f"({len(loader)})") from None
+                wait += time.perf_counter() - t
+                inputs = self._inputs(torch, batch, micro)
+                images_seen += int(inputs[1].sum()) * inputs[2].shape[2]
+                sync = module.no_sync() if self.world > 1 and micro < cfg.grad_accum - 1 \
+                    else contextlib.nullcontext()
+                with sync:
+                    with amp:
+                        loss_t, err2d, mpjpe = module(*inputs)
+                    (loss_t / cfg.grad_accum).backward()
+                sums += torch.stack([loss_t.detach().double().cpu(), err2d.double().cpu(),
+                                     mpjpe.double().cpu()]) / cfg.grad_accum
+            if cfg.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], cfg.clip_grad)
+            lr = self.sched.get_last_lr()[0]
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            local_loss = float(sums[0])
+            if self.world > 1:
+                torch.distributed.all_reduce(sums)   # gloo/nccl: the CPU tensor works with gloo; see _distributed
+                sums /= self.world
+            dt = time.perf_counter() - t0
+            crop = self._crop
+            loss = float(sums[0])
+            ev = TrainEvent("step", self.step, self.total, epoch, cfg.epochs, loss=loss, lr=lr,
+                            images_per_s=images_seen * self.world / max(dt, 1e-9), data_wait=wait / max(dt, 1e-9),
+                            err2d_px=float(sums[1]) * crop, mpjpe_mm=float(sums[2]) * 1000.0)
+            log.step(ev, local_loss)
+            self.emit(ev)
+            end_of_epoch = self.step % self.steps_per_epoch == 0
+            stop = cfg.max_steps is not None and self.step >= cfg.max_steps
+            if self.rank == 0 and (end_of_epoch or stop or (cfg.checkpoint_every and
+                                                            self.step % cfg.checkpoint_every == 0)):
+                self._save(self.step >= self.total)
+                self.emit(TrainEvent("checkpoint", self.step, self.total, epoch, cfg.epochs, loss=loss, lr=lr))
+            if end_of_epoch:
+                self.emit(TrainEvent("epoch", self.step, self.total, epoch + 1, cfg.epochs, loss=loss, lr=lr))
+            if stop:
+                del it
+                return loss, True
+        del it
+        return loss, False
+
+    def _inputs(self, torch, batch, micro: int):
+        """A batch -> (images, view_mask, target2d, target3d, noise2d) on the device; updates the pose stats."""
+        cfg, dev = self.cfg, self.device
+        nb = dev.type == "cuda"
+        crop = crop_size_of(batch)
+        self._crop = crop
+        view_mask = batch["view_mask"].to(dev, non_blocking=nb).bool()
+        pose2d = batch["pose2d"].to(dev, non_blocking=nb).float() / crop
+        cam = batch["pose3d_cam"].to(dev, non_blocking=nb).float()
+        target3d = cam - cam[..., :1, :]
+        need_images = cfg.stage != "lift" or cfg.lift_inputs == "pred"
+        images = normalise_images(batch["images"].to(dev, non_blocking=nb), self.mcfg.spatial.img_size) \
+            if need_images else None
+        noise = torch.zeros_like(pose2d)
+        if cfg.stage == "lift" and cfg.lift_inputs == "gt" and cfg.lift_noise > 0:
+            seed = int(np.random.SeedSequence([cfg.seed, self.rank, self.step, micro]).generate_state(1)[0])
+            g = torch.Generator().manual_seed(seed)
+            noise = (torch.randn(pose2d.shape, generator=g) * cfg.lift_noise).to(dev)
+        if self.rank == 0:
+            m = batch["view_mask"].numpy().astype(bool)
+            self.stats.update(batch["pose2d"].numpy()[m] / crop, (batch["pose3d_cam"].numpy()
+                                                                  - batch["pose3d_cam"].numpy()[..., :1, :])[m])
+        return images, view_mask, pose2d, target3d, noise
+
+    def _save(self, done: bool) -> None:
+        cfg = self.cfg
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, {
+            "model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "step": self.step, "epoch": self.step // self.steps_per_epoch,
+            "epoch_step": self.step % self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total, "rng": rng_state(), "stats": self.stats.state(), "done": bool(done),
+            "world_size": self.world,
+            "config": {"train": to_dict(cfg), "model": self.mcfg.to_dict()},
+        })
+
+
+def _distributed(device: str):
+    """(rank, world_size, torch.device); initialises the process group when started by torchrun."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda:
+        dev = torch.device("cuda", local if device in ("auto", "cuda") else torch.device(device).index or 0)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        # gloo for everything on CPU; on GPUs NCCL for the gradients (the logging all_reduce moves CPU tensors,
+        # which gloo handles: "cuda:nccl,cpu:gloo")
+        torch.distributed.init_process_group(backend="cuda:nccl,cpu:gloo" if use_cuda else "gloo")
+    return rank, world, dev
+
+
+class _RunLog:
+    """metrics.jsonl + TensorBoard (rank 0) and ranks/rank-<r>.jsonl (every rank when there are several).
+
+    On resume the JSON lines past the checkpoint's step (written after it, before the run stopped) are dropped and
+    TensorBoard purges them."""
+
+    def __init__(self, run: Path, rank: int, world: int, step: int):
+        self.rank, self.tb, self.files = rank, None, []
+        paths = []
+        if rank == 0:
+            paths.append(run / "metrics.jsonl")
+        if world > 1:
+            (run / "ranks").mkdir(parents=True, exist_ok=True)
+            paths.append(run / "ranks" / f"rank-{rank}.jsonl")
+        for p in paths:
+            _truncate_jsonl(p, step)
+            self.files.append(open(p, "a"))
+        if rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run / "tb"), purge_step=step if step else None)
+            except ImportError:  # tensorboard not installed: JSON lines only
+                self.tb = None
+
+    def step(self, ev: TrainEvent, local_loss: float) -> None:
+        rec = {"step": ev.step, "epoch": ev.epoch, "loss": ev.loss, "lr": ev.lr,
+               "images_per_s": round(ev.images_per_s, 2), "data_wait": round(ev.data_wait, 4), "time": time.time()}
+        for k in ("err2d_px", "mpjpe_mm"):
+            if not math.isnan(getattr(ev, k)):
+                rec[k] = getattr(ev, k)
+        for i, f in enumerate(self.files):
+            line = rec if (self.rank == 0 and i == 0) else {"step": ev.step, "loss": local_loss, "rank": self.rank}
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+        if self.tb is not None:
+            for k in ("loss", "lr", "images_per_s", "data_wait", "err2d_px", "mpjpe_mm"):
+                if k in rec:
+                    self.tb.add_scalar(f"train/{k}", rec[k], ev.step)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Keep only the lines with 'step' <= step (atomically)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    _write_text(path, "".join(x + "\n" for x in keep))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_metrics(run: str | os.PathLike) -> list[dict]:
+    """The run's metrics.jsonl as a list of dicts."""
+    p = Path(run) / "metrics.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []

@@ -1,0 +1,211 @@
+"""Configuration of `h36m train`: the TrainConfig dataclass, the recipes per preset, TOML in and out.
+
+Precedence: TrainConfig defaults < the preset's recipe (fields left None) < a TOML file (`--config`) < CLI options.
+A TOML file holds TrainConfig fields at the top level (or in a `[train]` table) and optional `[model]` tables
+overriding fields of the preset's ModelConfig, e.g.
+
+    preset = "tiny"
+    epochs = 30
+    lr = 0.002
+    [model.lifter]
+    receptive_field = 27
+
+The run folder's `config.toml` is the resolved config in the same form (feed it back with `--config`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from h36m_tools.errors import H36MError
+
+STAGES = ("2d", "lift", "joint")
+LIFT_INPUTS = ("gt", "pred")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The optimisation recipe of a preset: the paper's (AdamW, lr 1e-3, weight decay 0.05, cosine decay,
+    linear warm-up over the first 20 of 100 epochs), and a scaled one for `tiny` (fewer, shorter epochs on small
+    data: a larger rate, the same 20 % warm-up share)."""
+    epochs: int
+    batch_size: int
+    lr: float
+    warmup_epochs: float
+    weight_decay: float = 0.05
+
+
+PAPER_RECIPE = Recipe(epochs=100, batch_size=4, lr=1e-3, warmup_epochs=20)
+TINY_RECIPE = Recipe(epochs=20, batch_size=4, lr=2e-3, warmup_epochs=4)
+
+
+def recipe_for(preset: str) -> Recipe:
+    """`tiny` -> TINY_RECIPE; every `paper*` preset (and anything else) -> PAPER_RECIPE."""
+    return TINY_RECIPE if preset == "tiny" else PAPER_RECIPE
+
+
+@dataclass
+class TrainConfig:
+    """Everything `h36m train` needs. None fields are filled from the preset's recipe by `resolve`."""
+    shards: str | list[str] = ""          # training shard URLs: paths, brace patterns, pipe:..., http(s)://...
+    out: str = "run"                       # run folder
+    preset: str = "tiny"                   # model preset (ignored for the model when `init` is given)
+    stage: str = "2d"                      # 2d: spatial+relations+head; lift: the lifter; joint: all of it
+    init: str | None = None                # run folder / checkpoint whose weights (and model config) start the run
+    epochs: int | None = None
+    batch_size: int | None = None          # clips per rank per micro-batch
+    lr: float | None = None                # peak learning rate (AdamW)
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None     # linear warm-up length, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0
+    grad_accum: int = 1                    # micro-batches per optimiser step
+    clip_grad: float = 1.0                 # max gradient norm (0 = off)
+    workers: int = 2                       # loader processes per rank
+    shuffle: int = 256                     # sample shuffle buffer
+    augment: bool = True                   # loader augmentation (2d / joint stages)
+    seed: int = 0
+    lift_inputs: str = "gt"                # lift stage inputs: gt (+ noise) or pred (the network's own 2-D part)
+    lift_noise: float = 0.01               # std of the Gaussian noise on gt 2-D inputs, as a fraction of the crop side
+    loss3d_weight: float = 1.0             # joint stage: loss = 2-D loss + w * 3-D loss (metres)
+    max_steps: int | None = None           # stop (with a checkpoint) after this many steps; the schedule is unchanged
+    checkpoint_every: int = 200            # optimiser steps between checkpoints (and at every epoch end)
+    log_every: int = 1                     # steps between metrics.jsonl / TensorBoard entries
+    amp: bool = True                       # bf16 autocast on GPU (ignored on CPU)
+    tf32: bool = True                      # TF32 matmuls on GPU
+    compile: bool = False                  # torch.compile the training step's module
+    grad_checkpointing: bool = False
+    device: str = "auto"                   # auto | cpu | cuda
+    model: dict = field(default_factory=dict)   # overrides of the preset's ModelConfig (nested, as to_dict())
+
+    def urls(self) -> list[str]:
+        return [self.shards] if isinstance(self.shards, str) else list(self.shards)
+
+
+#: Fields that may change when a run is resumed (the others come from the checkpoint).
+RUN_CONTROL = ("max_steps", "checkpoint_every", "log_every", "workers", "shards", "device", "compile")
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill None fields from the preset's recipe and check values; raises ValueError on a bad value."""
+    r = recipe_for(cfg.preset)
+    out = dataclasses.replace(
+        cfg,
+        epochs=r.epochs if cfg.epochs is None else cfg.epochs,
+        batch_size=r.batch_size if cfg.batch_size is None else cfg.batch_size,
+        lr=r.lr if cfg.lr is None else cfg.lr,
+        weight_decay=r.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
+        warmup_epochs=(r.warmup_epochs * (cfg.epochs or r.epochs) / r.epochs if cfg.warmup_epochs is None
+                       else cfg.warmup_epochs),
+    )
+    if out.stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {out.stage!r}")
+    if out.lift_inputs not in LIFT_INPUTS:
+        raise ValueError(f"lift_inputs must be one of {', '.join(LIFT_INPUTS)}, got {out.lift_inputs!r}")
+    for name in ("epochs", "batch_size", "grad_accum"):
+        if getattr(out, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+    if out.lr <= 0 or out.warmup_epochs < 0 or out.lift_noise < 0:
+        raise ValueError("lr must be > 0, warmup_epochs and lift_noise >= 0")
+    if not out.urls() or not all(out.urls()):
+        raise ValueError("no training shards given (--shards)")
+    return out
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """A TOML config file -> dict of TrainConfig fields (model overrides under 'model'). Raises H36MError."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise H36MError(path, "config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise H36MError(path, f"not valid TOML ({e})") from None
+    if "train" in data and isinstance(data["train"], dict):
+        data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise H36MError(path, f"unknown setting(s): {', '.join(unknown)}")
+    return data
+
+
+def build_config(toml_path: str | os.PathLike | None = None, **overrides) -> TrainConfig:
+    """TrainConfig from defaults, an optional TOML file, then keyword overrides (None values are ignored)."""
+    values: dict[str, Any] = load_toml(toml_path) if toml_path else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except TypeError as e:
+        raise H36MError(toml_path or "options", str(e)) from None
+
+
+def model_config(cfg: TrainConfig, base=None):
+    """The ModelConfig of a run: `base` (e.g. from an init checkpoint) or the preset, with cfg.model overrides,
+    gradient checkpointing from cfg, and `lift` on only for the joint stage (2d and lift stages call the lifter
+    directly)."""
+    from model import PRESETS, ModelConfig
+
+    if base is None:
+        if cfg.preset not in PRESETS:
+            raise ValueError(f"unknown preset {cfg.preset!r} (one of {', '.join(PRESETS)})")
+        base = PRESETS[cfg.preset]
+    d = _deep_update(base.to_dict(), cfg.model or {})
+    d["lift"] = cfg.stage == "joint"
+    d["grad_checkpointing"] = bool(cfg.grad_checkpointing)
+    try:
+        return ModelConfig.from_dict(d)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"bad model override: {e}") from None
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in known})
+
+
+def to_toml(train: dict[str, Any], model: dict[str, Any] | None = None) -> str:
+    """Resolved config as TOML: TrainConfig fields at the top level, the full ModelConfig under [model.*]."""
+    top = {k: v for k, v in train.items() if k != "model" and v is not None}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
+    if model:
+        lines += _toml_tables("model", model)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_tables(prefix: str, d: dict) -> list[str]:
+    scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and v is not None}
+    lines = ["", f"[{prefix}]"] + [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines += _toml_tables(f"{prefix}.{k}", v)
+    return lines
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf else repr(v))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a TOML basic string: JSON's escapes are valid TOML
