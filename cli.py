@@ -201,6 +201,92 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
 
 # --- train, evaluate, demo commands (issue 6) ---
 
+def _train_progress(console):
+    """A rich progress bar fed by pipelines.train.TrainEvent (loss, lr, images/s, share of time waiting for data)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
+                        TextColumn("{task.fields[ips]} img/s"), TextColumn("wait {task.fields[wait]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    state = {}
+
+    def on_event(e):
+        if e.kind == "start":
+            console.print(f"train: {e.message}; step {e.step} of {e.total_steps}")
+            state["task"] = progress.add_task(f"epoch {e.epoch + 1}/{e.epochs}", total=e.total_steps, completed=e.step,
+                                              loss="-", lr=f"{e.lr:.2e}", ips="-", wait="-")
+        elif e.kind == "step":
+            progress.update(state["task"], completed=e.step, description=f"epoch {e.epoch + 1}/{e.epochs}",
+                            loss=f"{e.loss:.4f}", lr=f"{e.lr:.2e}", ips=f"{e.images_per_s:.0f}",
+                            wait=f"{e.data_wait:.0%}")
+        elif e.kind in ("end", "interrupted"):
+            progress.stop()
+            console.print(("[yellow]interrupted[/]: " if e.kind == "interrupted" else "[green]train[/]: ") + e.message)
+
+    return progress, on_event
+
+
+@main.command()
+@click.option("--shards", help="Training shard URLs: paths, brace patterns ('SH/train-{000000..000009}.tar'), "
+              "globs, pipe:..., http(s)://...")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
+@click.option("--preset", help="Model preset: tiny (64 px, CPU) or paper (Swin-T 224) [default: tiny].")
+@click.option("--stage", type=click.Choice(["2d", "lift", "joint"]), help="What to train [default: 2d].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file of TrainConfig fields (and [model] overrides); options given here win.")
+@click.option("--init", help="Run folder or checkpoint to start from (e.g. the 2d run for --stage lift).")
+@click.option("--lift-inputs", type=click.Choice(["gt", "pred"]),
+              help="Lift stage inputs: ground-truth 2-D + noise, or the network's own 2-D predictions.")
+@click.option("--epochs", type=click.IntRange(1))
+@click.option("--batch-size", type=click.IntRange(1), help="Clips per process per micro-batch.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
+@click.option("--grad-accum", type=click.IntRange(1), help="Micro-batches per optimiser step.")
+@click.option("--workers", type=click.IntRange(0), help="Loader processes per rank.")
+@click.option("--seed", type=int)
+@click.option("--max-steps", type=click.IntRange(1), help="Stop with a checkpoint after this many steps.")
+@click.option("--checkpoint-every", type=click.IntRange(0), help="Steps between checkpoints (and every epoch end).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the training step.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out at its last checkpoint.")
+def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, batch_size, lr, grad_accum, workers,
+          seed, max_steps, checkpoint_every, device, compile_, resume):
+    """Train the pose network (one stage) on shards; several processes through torchrun.
+
+    \b
+      h36m train --shards 'SH/train-*.tar' --out runs/2d --stage 2d
+      h36m train --shards 'SH/train-*.tar' --out runs/lift --stage lift --init runs/2d
+      torchrun --nproc_per_node 2 -m cli train --shards 'SH/train-*.tar' --out runs/2d
+    """
+    import os
+
+    from pipelines import train as T
+    from pipelines.train_config import build_config
+
+    console = _console()
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    progress, on_event = _train_progress(console)
+    try:
+        with progress:
+            if resume:
+                result = T.resume(out, on_progress=None if quiet else on_event, max_steps=max_steps, shards=shards,
+                                  workers=workers, checkpoint_every=checkpoint_every, device=device, compile=compile_)
+            else:
+                cfg = build_config(config_file, shards=shards, out=str(out), preset=preset, stage=stage, init=init,
+                                   lift_inputs=lift_inputs, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   grad_accum=grad_accum, workers=workers, seed=seed, max_steps=max_steps,
+                                   checkpoint_every=checkpoint_every, device=device, compile=compile_)
+                result = T.train(cfg, on_progress=None if quiet else on_event)
+    except ValueError as e:
+        from h36m_tools.errors import H36MError
+
+        if isinstance(e, H36MError):
+            raise
+        _fail(str(e))
+    if not quiet:
+        state = "complete" if result.done else "stopped (continue with --resume)"
+        console.print(f"run {result.run}: step {result.steps}/{result.total_steps}, {state}")
+
 
 if __name__ == "__main__":
     main()
