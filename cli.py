@@ -197,6 +197,85 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
 
 
 # --- shard, verify, show commands (issue 4) ---
+@main.command()
+@click.argument("extracted", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--frames", required=True, type=click.IntRange(1), help="Frames per clip (F).")
+@click.option("--stride", default=None, type=click.IntRange(1), help="Frames between clip starts [default: F].")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Names the shards; picks the subjects (train S1,S5,S6,S7,S8; test S9,S11).")
+@click.option("--subjects", default=None, help="Comma-separated subjects instead of the split's.")
+@click.option("--shard-mb", default=256.0, show_default=True, type=click.FloatRange(0.001), help="Shard size limit.")
+@click.option("--shuffle-seed", default=0, show_default=True, help="Seed of the clip order across shards.")
+@click.option("--no-shuffle", is_flag=True, help="Keep clips in sequence order (e.g. for evaluation).")
+@click.option("--tail", type=click.Choice(["drop", "pad"]), default="drop", show_default=True,
+              help="Frames at a sequence's end that do not fill a clip: drop them, or pad one clip by repeating "
+                   "the last frame (meta.json real_frames says how many are real).")
+def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_seed, no_shuffle, tail):
+    """Write WebDataset shards OUT/{split}-NNNNNN.tar of F-frame multi-view clips of EXTRACTED, and
+    OUT/{split}-index.json. Deterministic and resumable; both splits can share OUT."""
+    from h36m_tools.names import parse_subjects
+    from pipelines.shard import ShardConfig, plan_clips, write_shards
+
+    try:
+        cfg = ShardConfig(extracted=extracted, out=out, frames=frames, stride=stride, split=split,
+                          subjects=parse_subjects(subjects) if subjects else None, shard_mb=shard_mb,
+                          shuffle_seed=None if no_shuffle else shuffle_seed, tail=tail)
+    except ValueError as e:
+        _fail(str(e))
+    plan = plan_clips(cfg)
+    console = _console()
+    console.print(f"shard {extracted} -> {out}: {split} split ({','.join(cfg.chosen_subjects)}), {len(plan[0])} "
+                  f"clips of {frames} frames every {cfg.step} from {len(plan[1])} sequences, tail {tail}, "
+                  f"shards <= {shard_mb:g} MB", soft_wrap=True, markup=False)
+    with _progress(console) as progress:
+        task = progress.add_task("clips", total=len(plan[0]))
+        res = write_shards(cfg, on_progress=lambda ev: progress.update(task, completed=ev.clips), plan=plan)
+    size = sum(e["bytes"] for e in res.shards)
+    console.print(f"[green]done[/]: {res.samples} clips from {res.sequences} sequences in {len(res.shards)} shards "
+                  f"({size / 1e6:.1f} MB); index {res.index}" +
+                  (f"; resumed after {res.resumed_shards} shards" if res.resumed_shards else "") +
+                  (f"; removed stale {', '.join(res.removed)}" if res.removed else ""), soft_wrap=True)
+
+
+@main.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--no-decode", is_flag=True, help="Skip decoding the JPEGs (schema, shapes and checksums only).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Processes.")
+def verify(shards, no_decode, workers):
+    """Read every sample of SHARDS (files, folders or brace patterns): schema, shapes, values, JPEGs, keys, and
+    each shard's count, size and sha256 against {split}-index.json. Lists every problem; exit 1 on any."""
+    from pipelines.verify import shard_paths, verify as run_verify
+
+    paths = shard_paths(shards)
+    if not paths:
+        _fail(f"no shards in {' '.join(map(str, shards))}")
+    console = _console()
+    with _progress(console) as progress:
+        task = progress.add_task("shards", total=len(paths))
+        report = run_verify(paths, decode=not no_decode, workers=workers,
+                            on_progress=lambda ev: progress.advance(task))
+    for p in report.problems:
+        click.echo(f"problem: {p}")
+    if report.ok:
+        console.print(f"[green]ok[/]: {report.shards} shards, {report.samples} samples, no problems")
+    else:
+        console.print(f"[red]{len(report.problems)} problems[/] in {report.shards} shards ({report.samples} samples)")
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("shard_file", metavar="SHARD", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", default=None, help="Sample key, e.g. S1/Directions_1/000128 [default: the first].")
+@click.option("--out", default="clip.png", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--max-frames", default=8, show_default=True, type=click.IntRange(1), help="Columns.")
+def show(shard_file, key, out, max_frames):
+    """Draw one clip of SHARD as a PNG grid of views x frames with the skeleton (left blue, right red)."""
+    from pipelines.show import ShowConfig, show as run_show
+
+    path, clip = run_show(ShowConfig(shard_file, out, key, max_frames))
+    _console().print(f"{clip.key}: {clip.views} views x {clip.frames} frames -> {path}", markup=False)
+
 
 
 # --- train, evaluate, demo commands (issue 6) ---

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shard import MAX_VIEWS, SHARD_RE, Clip, decode_sample
+from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_sample
 
+REQUIRED = ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS)
 KEYS = ("images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "key", "meta", "cameras")
 
 
@@ -159,6 +160,7 @@ class Unit:
     modulo: int = 1
     residue: int = 0
     shard_samples: int | None = None     # samples in the whole shard (index), None if unknown
+    report: bool = True                  # this reader counts the shard in stats.skipped_shards if it is damaged
 
     @property
     def samples(self) -> int | None:
@@ -182,7 +184,8 @@ def _deal(units: list[Unit], parts: int, part: int) -> list[Unit]:
     """Split units into `parts` disjoint parts: whole shards when there are enough, else samples within shards."""
     if len(units) >= parts:
         return units[part::parts]
-    return [Unit(u.url, u.modulo * parts, u.residue + u.modulo * part, u.shard_samples) for u in units]
+    return [Unit(u.url, u.modulo * parts, u.residue + u.modulo * part, u.shard_samples, u.report and part == 0)
+            for u in units]
 
 
 def _apportion(total: int, weights: list[int]) -> list[int]:
@@ -240,11 +243,12 @@ class _Reader:
         self.reported = LoaderStats()
         self.bad_urls: set[str] = set()
 
-    def _skip_shard(self, url: str, why: str) -> None:
-        if url not in self.bad_urls:
-            self.bad_urls.add(url)
-            self.stats.skipped_shards += 1
-            warnings.warn(f"{url}: shard skipped ({why})", ShardWarning, stacklevel=2)
+    def _skip_shard(self, unit: Unit, why: str) -> None:
+        if unit.url not in self.bad_urls:
+            self.bad_urls.add(unit.url)
+            if unit.report:
+                self.stats.skipped_shards += 1
+                warnings.warn(f"{unit.url}: shard skipped ({why})", ShardWarning, stacklevel=2)
 
     def read_unit(self, unit: Unit) -> Iterator[dict]:
         """Raw samples of one unit; errors end the shard (counted once per shard)."""
@@ -259,14 +263,20 @@ class _Reader:
         try:
             stream = open_url(unit.url)
         except Exception as e:
-            self._skip_shard(unit.url, f"cannot open: {e}")
+            self._skip_shard(unit, f"cannot open: {e}")
             return
         n = 0
         try:
             source = [{"url": unit.url, "stream": stream}]
             for i, raw in enumerate(group_by_keys(tar_file_expander(source, handler=handler), handler=handler)):
                 n = i + 1
-                if i % unit.modulo == unit.residue:
+                mine = i % unit.modulo == unit.residue
+                missing = incomplete(raw)
+                if missing:         # a sample cut short: the tar is truncated or damaged there
+                    errors.append(ValueError(f"sample {raw.get('__key__')} is incomplete ({missing})"))
+                    if mine:
+                        self.stats.skipped_samples += 1
+                elif mine:
                     yield raw
         except (tarfile.TarError, OSError, ValueError) as e:    # a stream that fails on close, e.g. a pipe
             errors.append(e)
@@ -276,9 +286,9 @@ class _Reader:
             except Exception as e:
                 errors.append(e)
         if errors:
-            self._skip_shard(unit.url, f"{type(errors[0]).__name__}: {str(errors[0].args[0] if errors[0].args else errors[0])[:200]}")
+            self._skip_shard(unit, f"{type(errors[0]).__name__}: {str(errors[0].args[0] if errors[0].args else errors[0])[:200]}")
         elif unit.shard_samples is not None and n < unit.shard_samples:
-            self._skip_shard(unit.url, f"{n} samples, its index lists {unit.shard_samples}")
+            self._skip_shard(unit, f"{n} samples, its index lists {unit.shard_samples}")
 
     def raw_samples(self, repeat: bool) -> Iterator[dict]:
         """The plan's samples, shuffled within a pass (a buffer of `shuffle` samples); with `repeat`, pass after
@@ -351,6 +361,20 @@ class _Reader:
             warnings.warn(f"a reader yielded {made} of {quota} batches: no readable samples left in "
                           f"{[u.url for u in self.plan.units]}", ShardWarning, stacklevel=2)
         yield {"_stats": self._delta()}
+
+
+def incomplete(raw: dict) -> str | None:
+    """What a raw sample lacks (its members other than JPEGs, and V x F JPEGs as meta.json says), None if whole."""
+    lack = [e for e in REQUIRED if e not in raw]
+    if lack:
+        return f"no {', '.join(lack)}"
+    try:
+        meta = json.loads(raw["meta.json"])
+        want = len(meta["cameras"]) * len(meta["frames"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None                         # decode_sample reports a bad meta.json as a bad sample
+    got = sum(1 for k in raw if k.endswith(".jpg"))
+    return None if got >= want else f"{got} of {want} JPEGs"
 
 
 def decode_chw(clip: Clip) -> Clip:

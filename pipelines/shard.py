@@ -409,9 +409,11 @@ def _fingerprint(cfg: ShardConfig, sequences: list[str]) -> str:
     return h.hexdigest()
 
 
-def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] | None = None) -> ShardResult:
-    """Write the split's shards and index under `cfg.out`; resumes from a journal left by a killed run."""
-    refs, sequences = plan_clips(cfg)
+def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] | None = None,
+                 plan: tuple[list[ClipRef], list[str]] | None = None) -> ShardResult:
+    """Write the split's shards and index under `cfg.out` (`plan`: from plan_clips(cfg), computed if None);
+    resumes from a journal left by a killed run."""
+    refs, sequences = plan or plan_clips(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     journal = out / f".{cfg.split}-journal.json"
