@@ -1,0 +1,281 @@
+"""pipelines/loader.py on real shards of the synth -> extract -> shard chain: the batch contract, ranks and workers,
+damaged shards, the flip, and URLs (brace patterns, globs, pipe:, http)."""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_shard import FRAMES, extracted, shards  # noqa: F401  (fixtures)
+from pipelines.loader import (LoaderConfig, ShardWarning, Unit, expand_urls, make_loader, plan_batches, plan_rank,
+                              shard_counts)
+from pipelines.shard import decode_sample, iter_tar_samples
+
+TRAIN = "train-{000000..000004}.tar"
+
+
+def _urls(folder: Path, split: str = "train") -> str:
+    n = len(json.loads((folder / f"{split}-index.json").read_text())["shards"])
+    return str(folder / f"{split}-{{000000..{n - 1:06d}}}.tar")
+
+
+def _keys(loader) -> list[str]:
+    return [k for batch in loader for k in batch["key"]]
+
+
+def _all_keys(folder: Path, split: str) -> list[str]:
+    return [raw["__key__"] for p in sorted(folder.glob(f"{split}-*.tar")) for raw in iter_tar_samples(p)]
+
+
+# ----------------------------------------------------------------------------------------- the batch contract
+
+def test_batch_contract_and_content(shards, extracted):
+    """Shapes and dtypes of the contract; images are the extracted JPEGs decoded (RGB); S11's 3 views padded."""
+    import cv2
+    import torch
+
+    from pipelines.extracted import read_sequence, sequence_path
+
+    loader = make_loader(LoaderConfig(_urls(shards, "test"), batch_size=4, workers=0, shuffle=0,
+                                      shuffle_shards=False))
+    batches = list(loader)
+    assert len(loader) == len(batches) == 2 and loader.stats.samples == 8          # floor(10 / 4) batches
+    b = batches[0]
+    assert set(b) == {"images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "key", "meta", "cameras"}
+    want = {"images": ((4, 4, FRAMES, 3, 64, 64), torch.uint8), "pose2d": ((4, 4, FRAMES, 17, 2), torch.float32),
+            "pose3d_cam": ((4, 4, FRAMES, 17, 3), torch.float32), "pose3d": ((4, FRAMES, 17, 3), torch.float32),
+            "box": ((4, 4, FRAMES, 4), torch.float32), "view_mask": ((4, 4), torch.bool)}
+    for name, (shape, dtype) in want.items():
+        assert tuple(b[name].shape) == shape and b[name].dtype == dtype, name
+    assert len(b["key"]) == len(b["meta"]) == len(b["cameras"]) == 4
+    padded = 0
+    for batch in batches:
+        for i, (key, meta, cams) in enumerate(zip(batch["key"], batch["meta"], batch["cameras"])):
+            V = len(meta["cameras"])
+            assert batch["view_mask"][i].tolist() == [True] * V + [False] * (4 - V)
+            assert [c["id"] for c in cams] == meta["cameras"]
+            padded += V < 4
+            if V < 4:
+                assert not batch["images"][i, V:].any() and not batch["pose2d"][i, V:].any()
+            _, arr = read_sequence(sequence_path(extracted, meta["subject"], meta["sequence"]))
+            rows = meta["frames"]
+            np.testing.assert_array_equal(batch["pose3d"][i].numpy(), arr.pose3d[rows])
+            np.testing.assert_array_equal(batch["pose2d"][i, :V].numpy(), arr.pose2d_crop[rows].transpose(1, 0, 2, 3))
+            for v in (0, V - 1):
+                for t in (0, FRAMES - 1):
+                    bgr = cv2.imdecode(np.frombuffer(arr.jpeg[rows[t]][v], np.uint8), cv2.IMREAD_COLOR)
+                    np.testing.assert_array_equal(batch["images"][i, v, t].permute(1, 2, 0).numpy(), bgr[..., ::-1])
+    assert padded >= 1
+
+
+# ----------------------------------------------------------------------------------------- ranks and workers
+
+@pytest.mark.parametrize("counts", [[2, 2, 2, 2, 2], [3, 1, 4, 1, 5, 9, 2], [7], [2, 3]])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_plans_split_exactly(counts, world, workers):
+    """Over all ranks and readers: evaluation plans cover every sample of every shard exactly once; training plans
+    give every rank floor(total / (world * batch)) batches."""
+    urls = [f"s-{i:06d}.tar" for i in range(len(counts))]
+    kw = dict(world_size=world, workers=workers, batch_size=2, seed=3, epoch=1, shuffle_shards=True)
+    covered = {u: [] for u in urls}
+    for rank in range(world):
+        plans = plan_rank(urls, counts, rank=rank, equal_batches=False, **kw)
+        assert len(plans) == max(workers, 1)
+        for p in plans:
+            for u in p.units:
+                n = counts[urls.index(u.url)]
+                covered[u.url] += [i for i in range(n) if i % u.modulo == u.residue]
+        train = plan_rank(urls, counts, rank=rank, equal_batches=True, **kw)
+        assert plan_batches(train, 2) == sum(counts) // (world * 2)
+        assert [p.units for p in train] == [p.units for p in plans]
+    for u, got in covered.items():
+        assert sorted(got) == list(range(counts[urls.index(u)])), u
+    assert plan_rank(urls, [None] * len(counts), rank=0, equal_batches=True, **kw)[0].batches is None
+
+
+def test_unit_counts_samples_of_its_residue():
+    assert [Unit("x", 3, r, 7).samples for r in range(3)] == [3, 2, 2]
+    assert Unit("x", 4, 3, 2).samples == 0 and Unit("x").samples is None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_ranks_see_disjoint_clips_and_equal_batch_counts(shards, workers):
+    urls = _urls(shards)
+    total = json.loads((shards / "train-index.json").read_text())["samples"]
+    seen = []
+    for rank in (0, 1):
+        loader = make_loader(LoaderConfig(urls, batch_size=2, workers=workers, rank=rank, world_size=2, seed=5))
+        keys = _keys(loader)
+        assert len(loader) == total // 4 == 2 and len(keys) == 2 * len(loader)
+        assert loader.stats.skipped_shards == loader.stats.skipped_samples == 0
+        seen.append(set(keys))
+    assert not seen[0] & seen[1]
+    # evaluation: every clip exactly once over the ranks, even with more ranks than shards
+    every = []
+    for rank in range(8):
+        loader = make_loader(LoaderConfig(urls, batch_size=2, workers=workers, rank=rank, world_size=8,
+                                          equal_batches=False))
+        keys = _keys(loader)
+        assert len(keys) == sum(loader.plans()[w].samples for w in range(max(workers, 1)))
+        every += keys
+    assert sorted(every) == sorted(_all_keys(shards, "train"))
+
+
+def test_a_rank_that_runs_short_repeats_its_clips(shards):
+    """3 ranks over 5 shards of 2 clips: the ranks hold 4, 4 and 2 clips and all yield floor(10 / 3) = 3 batches of
+    1; the short rank re-reads its clips (a fresh pass) instead of ending early."""
+    for rank, held in ((0, 2), (1, 2), (2, 1)):
+        loader = make_loader(LoaderConfig(_urls(shards), batch_size=1, workers=0, rank=rank, world_size=3,
+                                          shuffle_shards=False))
+        keys = _keys(loader)
+        assert len(loader) == len(keys) == 3
+        assert len(set(keys)) == min(3, 2 * held)
+
+
+def test_order_is_seeded_and_changes_per_epoch(shards):
+    def keys(**kw):
+        return _keys(make_loader(LoaderConfig(_urls(shards), batch_size=2, equal_batches=False, **kw)))
+
+    a, b, c = keys(seed=1), keys(seed=1), keys(seed=1, epoch=1)
+    assert a == b and a != c and sorted(a) == sorted(c) == sorted(_all_keys(shards, "train"))
+    assert keys(shuffle=0, shuffle_shards=False, workers=0) == _all_keys(shards, "train")
+
+
+# ----------------------------------------------------------------------------------------- damaged shards
+
+def test_truncated_shard_is_skipped_and_counted(shards, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    t = bad / "train-000002.tar"
+    lost = len(list(iter_tar_samples(t)))
+    t.write_bytes(t.read_bytes()[: t.stat().st_size // 2 + 700])
+    (bad / "train-000004.tar").write_bytes(b"not a tar file" * 100)
+    with pytest.warns(ShardWarning) as caught:
+        loader = make_loader(LoaderConfig(_urls(bad), batch_size=2, workers=0, equal_batches=False))
+        keys = _keys(loader)
+    assert loader.stats.skipped_shards == 2 and loader.stats.skipped_samples == 1
+    assert {str(w.message).split(":")[0] for w in caught} >= {str(t), str(bad / "train-000004.tar")}
+    intact = [k for p in ("train-000000", "train-000001", "train-000003") for k in _all_keys(bad, p)]
+    assert set(intact) <= set(keys) and len(keys) == loader.stats.samples == 10 - lost - 2 + 1
+    # training: the same batch count as with intact shards, from worker processes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShardWarning)
+        loader = make_loader(LoaderConfig(_urls(bad), batch_size=2, workers=2))
+        batches = list(loader)
+    assert len(batches) == len(loader) == 5 and loader.stats.skipped_shards == 2
+    assert set(k for b in batches for k in b["key"]) <= set(_all_keys(shards, "train"))
+
+
+def test_missing_shard_is_skipped(shards, tmp_path):
+    with pytest.warns(ShardWarning, match="cannot open"):
+        loader = make_loader(LoaderConfig([str(shards / "train-000000.tar"), str(tmp_path / "gone-000000.tar")],
+                                          batch_size=1, workers=0, equal_batches=False))
+        keys = _keys(loader)
+    assert keys and loader.stats.skipped_shards == 1
+    with pytest.raises(TypeError, match="no \\{split\\}-index.json"):
+        len(loader)
+
+
+# ----------------------------------------------------------------------------------------- the flip
+
+def _project_to_crop(clip_cams, pose3d, box, size):
+    """World joints (F,17,3) through each view's camera into crop px (V,F,17,2), and camera coords (V,F,17,3)."""
+    from h36m_tools.cameras import Camera, world_to_camera
+
+    crops, cams = [], []
+    for v, c in enumerate(clip_cams):
+        cam = Camera.from_dict(c)
+        cams.append(world_to_camera(pose3d, cam.extrinsics.R, cam.extrinsics.t))
+        full = cam.project(pose3d.astype(float))
+        b = box[v][:, None, :]
+        crops.append((full - b[..., :2]) * size / (b[..., 2:3] - b[..., 0:1]))
+    return np.stack(crops), np.stack(cams)
+
+
+def test_flip_gives_a_valid_mirrored_clip(shards):
+    from h36m_tools.skeleton import LEFT17, RIGHT17, bone_lengths
+    from pipelines.augment import flip_clip
+    from pipelines.loader import decode_chw
+
+    clip = decode_chw(decode_sample(next(iter_tar_samples(shards / "train-000000.tar"))))
+    f = flip_clip(clip)
+    size = clip.meta["crop_size"]
+    for c in (clip, f):        # the original and the flipped clip are consistent in the same way
+        crop, cam = _project_to_crop(c.cameras, c.pose3d, c.box, size)
+        np.testing.assert_allclose(crop, c.pose2d, atol=0.01)
+        np.testing.assert_allclose(cam, c.pose3d_cam, atol=0.05)
+    for cam in f.cameras:
+        R = np.asarray(cam["R"])
+        np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-6)
+        assert np.linalg.det(R) == pytest.approx(1.0)
+    np.testing.assert_allclose(bone_lengths(f.pose3d), bone_lengths(clip.pose3d), atol=1e-3)
+    np.testing.assert_allclose(bone_lengths(f.pose3d_cam), bone_lengths(clip.pose3d_cam), atol=1e-3)
+    # the flipped left wrist is the mirror image of the original right wrist, in every view
+    np.testing.assert_allclose(f.pose2d[..., LEFT17, 0], size - clip.pose2d[..., RIGHT17, 0], atol=1e-4)
+    np.testing.assert_allclose(f.pose2d[..., LEFT17, 1], clip.pose2d[..., RIGHT17, 1])
+    np.testing.assert_array_equal(f.images, clip.images[..., ::-1])
+    assert f.meta["flipped"] and "flipped" not in clip.meta
+    g = flip_clip(f)
+    np.testing.assert_allclose(g.pose3d, clip.pose3d)
+    np.testing.assert_allclose(g.pose2d, clip.pose2d, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(g.cameras[0]["R"]), np.asarray(clip.cameras[0]["R"]))
+
+
+def test_augmenting_loader_flips_whole_samples(shards):
+    loader = make_loader(LoaderConfig(_urls(shards), batch_size=5, workers=0, augment=True, seed=2,
+                                      equal_batches=False))
+    flips = []
+    for batch in loader:
+        for i, (meta, cams) in enumerate(zip(batch["meta"], batch["cameras"])):
+            flips.append(bool(meta.get("flipped")))
+            V = len(cams)
+            crop, cam = _project_to_crop(cams, batch["pose3d"][i].numpy(), batch["box"][i, :V].numpy(),
+                                         meta["crop_size"])
+            np.testing.assert_allclose(crop, batch["pose2d"][i, :V].numpy(), atol=0.01)
+            np.testing.assert_allclose(cam, batch["pose3d_cam"][i, :V].numpy(), atol=0.05)
+    assert len(flips) == 10 and 0 < sum(flips) < 10
+
+
+# ----------------------------------------------------------------------------------------- URLs
+
+def test_globs_braces_and_pipe_urls(shards):
+    n = len(json.loads((shards / "train-index.json").read_text())["shards"])
+    listed = [str(shards / f"train-{i:06d}.tar") for i in range(n)]
+    assert expand_urls(str(shards / "train-*.tar")) == expand_urls(_urls(shards)) == listed
+    assert expand_urls(f"{listed[0]}::{listed[1]}") == listed[:2]
+    pipe = [f"pipe:cat {u}" for u in listed]
+    assert shard_counts(pipe) == shard_counts(listed) == [2] * n
+    loader = make_loader(LoaderConfig(pipe, batch_size=2, workers=0, shuffle=0, shuffle_shards=False))
+    assert len(loader) == 5 and _keys(loader) == _all_keys(shards, "train")
+
+
+def test_http_shards_stream_like_local_files(shards):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shards))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        cfg = dict(batch_size=2, workers=2, shuffle=0, shuffle_shards=False)
+        remote = make_loader(LoaderConfig(f"{base}/{TRAIN}", **cfg))
+        local = make_loader(LoaderConfig(str(shards / TRAIN), **cfg))
+        assert len(remote) == len(local) == 5
+        for a, b in zip(remote, local, strict=True):
+            assert a["key"] == b["key"]
+            for name in ("images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask"):
+                assert (a[name] == b[name]).all()
+        with pytest.warns(ShardWarning, match="cannot open"):
+            gone = make_loader(LoaderConfig(f"{base}/train-000099.tar", workers=0, equal_batches=False))
+            assert _keys(gone) == [] and gone.stats.skipped_shards == 1
+    finally:
+        server.shutdown()
+        server.server_close()
