@@ -107,7 +107,7 @@ def load_pretrained_spatial(model: PoseNetwork, path: Union[str, os.PathLike]) -
     Read with torch.load(weights_only=True); 'model' / 'state_dict' wrappers and 'module.' prefixes are
     unwrapped, timm's checkpoint_filter_fn converts original-Microsoft layouts and resizes relative
     position tables / patch embeddings, the classifier is dropped. Raises ValueError when a Swin
-    weight is missing (and RuntimeError on shape mismatch); returns the checkpoint keys left unused.
+    weight is missing or has the wrong shape; returns the checkpoint keys left unused.
     Never downloads anything.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -118,7 +118,11 @@ def load_pretrained_spatial(model: PoseNetwork, path: Union[str, os.PathLike]) -
     swin = model.spatial.swin
     state = checkpoint_filter_fn(state, swin)
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    result = swin.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        raise ValueError(f"{path} is not a Swin checkpoint for this config; missing e.g. {result.missing_keys[:5]}")
-    return list(result.unexpected_keys)
+    own = swin.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        raise ValueError(f"{path} is not a Swin checkpoint for this config: missing {missing[:3]}, "
+                         f"wrong shape {wrong[:3]}")
+    swin.load_state_dict({k: state[k] for k in own})
+    return [k for k in state if k not in own]
