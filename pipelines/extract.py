@@ -291,6 +291,7 @@ def run_extract(cfg: ExtractConfig, plan: Plan | None = None,
 
     Returns one result per sequence done in this run, in plan order (sequences already done are not redone).
     """
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     plan = plan or plan_extract(cfg)
@@ -313,7 +314,10 @@ def run_extract(cfg: ExtractConfig, plan: Plan | None = None,
         for s in todo:
             finished(extract_sequence(s.files, cfg))
     else:
-        with ProcessPoolExecutor(min(cfg.workers, len(todo))) as pool:
+        # forkserver, not fork: a caller that already ran OpenCV (or any thread pool) would hand its workers
+        # locks held by threads that do not exist in them (cv2.setNumThreads then hangs)
+        ctx = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=ctx) as pool:
             futures = {pool.submit(extract_sequence, s.files, cfg): s for s in todo}
             try:
                 for fut in as_completed(futures):

@@ -92,9 +92,13 @@ def write_sequence(path: str | Path, meta: SequenceMeta, arrays: SequenceArrays,
     ], schema=sch)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd",
-                   use_dictionary=["frame"], write_statistics=["frame"])
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd",
+                       use_dictionary=["frame"], write_statistics=["frame"])
+        os.replace(tmp, path)
+    except BaseException:          # a full disk, an interrupt: leave no tmp file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_meta(path: str | Path) -> SequenceMeta:

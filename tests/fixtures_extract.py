@@ -1,0 +1,49 @@
+"""Fixtures and helpers of the `h36m extract` tests: one extraction of the shared small release per session."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+H36M = Path(sys.executable).with_name("h36m")
+
+
+@pytest.fixture(scope="session")
+def extracted_small(small_release, tmp_path_factory) -> Path:
+    """`small_release` extracted with the default options (library call, 2 workers). Read-only."""
+    from pipelines.extract import run_extract
+    from pipelines.extract_plan import ExtractConfig
+
+    out = tmp_path_factory.mktemp("extracted") / "out"
+    run_extract(ExtractConfig(raw=small_release, out=out, workers=2))
+    return out
+
+
+def run_cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`h36m ARGS...` in a real subprocess (no terminal: output as a user's log would have it)."""
+    return subprocess.run([str(H36M), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "80"})
+
+
+def copy_release(src: Path, dst: Path, subjects=None) -> Path:
+    """A writable copy of (some subjects of) a release."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for sdir in sorted(Path(src).iterdir()):
+        if sdir.is_dir() and (subjects is None or sdir.name in subjects):
+            shutil.copytree(sdir, dst / sdir.name)
+    return dst
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every visible file under root (hidden tmp/lock files left out) -> its bytes."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.strip()]
