@@ -37,8 +37,9 @@ def flip_camera(cam: dict) -> dict:
 
 
 def flip_clip(clip: Clip) -> Clip:
-    """The mirrored clip (a new Clip; the input is not changed). `images`, if decoded, must be (..., W) last
-    (the loader's (V, F, 3, H, W)); JPEG bytes are kept as they are, so re-decode is not a flip."""
+    """The mirrored clip (a new Clip; the input is not changed); `meta['flipped']` toggles. `images`, if decoded,
+    are mirrored along their last axis (the loader's (V, F, 3, H, W)); the JPEG bytes stay as they are, and the
+    loader's decoding (loader.decode_into) mirrors the crops of a clip whose meta says 'flipped'."""
     size = float(clip.meta["crop_size"])
     widths = np.array([float(c["width"]) for c in clip.cameras], np.float32)[:, None]       # (V, 1)
     pose2d = clip.pose2d[..., FLIP17, :].copy()
@@ -53,7 +54,7 @@ def flip_clip(clip: Clip) -> Clip:
     meta["flipped"] = not meta.get("flipped", False)
     images = None if clip.images is None else np.ascontiguousarray(clip.images[..., ::-1])
     return Clip(key=clip.key, meta=meta, cameras=[flip_camera(c) for c in clip.cameras], pose3d=pose3d,
-                pose3d_cam=pose3d_cam, pose2d=pose2d, box=box, jpeg=clip.jpeg, images=images)
+                pose3d_cam=pose3d_cam, pose2d=pose2d, box=box, jpeg=clip.jpeg, images=images, source=clip.source)
 
 
 def random_flip(clip: Clip, rng: np.random.Generator, p: float = 0.5) -> Clip:

@@ -29,6 +29,7 @@ import tarfile
 import urllib.parse
 import urllib.request
 import warnings
+import weakref
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
@@ -37,9 +38,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_sample
+from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_sample, iter_tar_members
 
 REQUIRED = ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS)
+#: Image buffers a worker recycles: the DataLoader's prefetch (2) + the batch in use + one being filled.
+POOL = 4
 KEYS = ("images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "key", "meta", "cameras")
 
 
@@ -236,8 +239,9 @@ def plan_batches(plans: list[ReaderPlan], batch_size: int) -> int | None:
 class _Reader:
     """One worker's stream: shards -> raw samples -> shuffle -> clips with images -> batches, with its counts."""
 
-    def __init__(self, plan: ReaderPlan, batch_size: int, shuffle: int, augment: bool, rng_seed: list[int]):
-        self.plan, self.batch_size, self.shuffle, self.augment = plan, batch_size, shuffle, augment
+    def __init__(self, plan: ReaderPlan, batch_size: int, shuffle: int, augment: bool, rng_seed: list[int],
+                 pool: "ImagePool | None" = None):
+        self.plan, self.batch_size, self.shuffle, self.augment, self.pool = plan, batch_size, shuffle, augment, pool
         self.rng = np.random.default_rng(rng_seed)
         self.stats = LoaderStats()
         self.reported = LoaderStats()
@@ -251,15 +255,11 @@ class _Reader:
                 warnings.warn(f"{unit.url}: shard skipped ({why})", ShardWarning, stacklevel=2)
 
     def read_unit(self, unit: Unit) -> Iterator[dict]:
-        """Raw samples of one unit; errors end the shard (counted once per shard)."""
-        from webdataset.tariterators import group_by_keys, tar_file_expander
+        """Raw samples of one unit (grouped by webdataset's group_by_keys); an error ends the shard, which is
+        counted once as skipped."""
+        from webdataset.tariterators import group_by_keys
 
         errors: list[Exception] = []
-
-        def handler(exn):
-            errors.append(exn)
-            return True
-
         try:
             stream = open_url(unit.url)
         except Exception as e:
@@ -267,18 +267,18 @@ class _Reader:
             return
         n = 0
         try:
-            source = [{"url": unit.url, "stream": stream}]
-            for i, raw in enumerate(group_by_keys(tar_file_expander(source, handler=handler), handler=handler)):
+            members = ({**m, "__url__": unit.url} for m in iter_tar_members(stream))
+            for i, raw in enumerate(group_by_keys(members)):
                 n = i + 1
                 mine = i % unit.modulo == unit.residue
                 missing = incomplete(raw)
-                if missing:         # a sample cut short: the tar is truncated or damaged there
+                if missing:         # a sample cut short: the tar is damaged there
                     errors.append(ValueError(f"sample {raw.get('__key__')} is incomplete ({missing})"))
                     if mine:
                         self.stats.skipped_samples += 1
                 elif mine:
                     yield raw
-        except (tarfile.TarError, OSError, ValueError) as e:    # a stream that fails on close, e.g. a pipe
+        except (EOFError, OSError, ValueError) as e:      # truncated / damaged tar, a failing pipe or connection
             errors.append(e)
         finally:
             try:
@@ -286,7 +286,8 @@ class _Reader:
             except Exception as e:
                 errors.append(e)
         if errors:
-            self._skip_shard(unit, f"{type(errors[0]).__name__}: {str(errors[0].args[0] if errors[0].args else errors[0])[:200]}")
+            e = errors[0]
+            self._skip_shard(unit, f"{type(e).__name__}: {str(e.args[0] if e.args else e)[:200]}")
         elif unit.shard_samples is not None and n < unit.shard_samples:
             self._skip_shard(unit, f"{n} samples, its index lists {unit.shard_samples}")
 
@@ -316,25 +317,51 @@ class _Reader:
                 return
             units = [units[i] for i in self.rng.permutation(len(units))]
 
+    def _skip_sample(self, url: str, key: str, e: Exception) -> None:
+        self.stats.skipped_samples += 1
+        warnings.warn(f"{url}: sample {key} skipped ({e})", ShardWarning, stacklevel=3)
+
     def clips(self, raws: Iterator[dict]) -> Iterator[Clip]:
+        """Annotations decoded and checked, flipped when augmenting (images are decoded into the batch later)."""
         from .augment import random_flip
 
         shape = None
         for raw in raws:
-            key = raw.get("__key__", "?")
             try:
-                clip = decode_chw(decode_sample(raw))
+                clip = decode_sample(raw)
                 s = (clip.frames, int(clip.meta["crop_size"]))
                 if shape is None:
                     shape = s
                 elif s != shape:
                     raise ValueError(f"{s[0]} frames of {s[1]} px, this stream has {shape[0]} of {shape[1]} px")
+                if clip.views > MAX_VIEWS:
+                    raise ValueError(f"{clip.views} views, at most {MAX_VIEWS}")
             except ValueError as e:
-                self.stats.skipped_samples += 1
-                warnings.warn(f"{raw.get('__url__', '?')}: sample {key} skipped ({e})", ShardWarning, stacklevel=2)
+                self._skip_sample(raw.get("__url__", "?"), raw.get("__key__", "?"), e)
+                continue
+            yield random_flip(clip, self.rng) if self.augment else clip
+
+    def batches(self, clips: Iterator[Clip]) -> Iterator[dict]:
+        """Batches of `batch_size` clips (the last one short), JPEGs decoded straight into the batch's image tensor
+        (in shared memory inside a worker, so handing it to the main process copies nothing)."""
+        images, slot, batch = None, None, []
+        for clip in clips:
+            if images is None:
+                shape = (self.batch_size, MAX_VIEWS, clip.frames, 3, int(clip.meta["crop_size"]))
+                shape += shape[-1:]
+                images, slot = self.pool.take(shape) if self.pool else (_new_images(shape), None)
+            try:
+                decode_into(images[len(batch)].numpy(), clip)
+            except ValueError as e:
+                self._skip_sample(clip.source, clip.key, e)
                 continue
             self.stats.samples += 1
-            yield random_flip(clip, self.rng) if self.augment else clip
+            batch.append(clip)
+            if len(batch) == self.batch_size:
+                yield {**collate(batch, images), "_slot": slot}
+                images, batch = None, []
+        if batch:
+            yield {**collate(batch, images[: len(batch)]), "_slot": slot}
 
     def _delta(self) -> LoaderStats:
         d = LoaderStats(*(getattr(self.stats, f.name) - getattr(self.reported, f.name) for f in fields(LoaderStats)))
@@ -343,24 +370,55 @@ class _Reader:
 
     def __iter__(self) -> Iterator[dict]:
         quota = self.plan.batches
-        if quota == 0:
-            yield {"_stats": self._delta()}
-            return
-        raws = self.raw_samples(repeat=quota is not None)
-        made, batch = 0, []
-        for clip in self.clips(raws):
-            batch.append(clip)
-            if len(batch) == self.batch_size:
-                yield {**collate(batch), "_stats": self._delta()}
-                made, batch = made + 1, []
+        made = 0
+        if quota != 0:
+            for batch in self.batches(self.clips(self.raw_samples(repeat=quota is not None))):
+                if quota is not None and len(batch["key"]) < self.batch_size:
+                    break                          # training yields whole batches only
+                yield {**batch, "_stats": self._delta()}
+                made += 1
                 if quota is not None and made >= quota:
                     break
-        if batch and quota is None:
-            yield {**collate(batch), "_stats": self._delta()}
-        elif quota is not None and made < quota:
-            warnings.warn(f"a reader yielded {made} of {quota} batches: no readable samples left in "
-                          f"{[u.url for u in self.plan.units]}", ShardWarning, stacklevel=2)
+            if quota is not None and made < quota:
+                warnings.warn(f"a reader yielded {made} of {quota} batches: no readable samples left in "
+                              f"{[u.url for u in self.plan.units]}", ShardWarning, stacklevel=2)
         yield {"_stats": self._delta()}
+
+
+def _new_images(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor, in shared memory when in a DataLoader worker (sent without a copy)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")
+    return torch.empty(0, dtype=torch.uint8).new(storage).view(shape)
+
+
+class ImagePool:
+    """The image buffers of one worker, reused once the main process has let go of them.
+
+    A new buffer for every batch costs a page fault per 4 kB on first touch, which costs about as much as decoding
+    the JPEGs into it. `busy` (K,) int8 lives in shared memory: the worker sets busy[k] when it fills buffer k, and
+    the main process clears it when the last reference to that batch's image storage dies (a weakref finalizer
+    on the storage, so views and numpy arrays of the images keep it busy). With all K busy (a consumer holding on
+    to batches) the worker takes a fresh buffer, so it never waits."""
+
+    def __init__(self, busy: torch.Tensor, worker: int):
+        self.busy, self.worker = busy, worker
+        self.buffers: dict[int, torch.Tensor] = {}
+
+    def take(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        for k in range(self.busy.shape[0]):
+            if int(self.busy[k]) == 0:
+                buf = self.buffers.get(k)
+                if buf is None or tuple(buf.shape) != tuple(shape):
+                    buf = self.buffers[k] = _new_images(shape)
+                self.busy[k] = 1
+                return buf, (self.worker, k)
+        return _new_images(shape), None
+
+
+def _release(busy: torch.Tensor, worker: int, k: int) -> None:
+    busy[worker, k] = 0
 
 
 def incomplete(raw: dict) -> str | None:
@@ -377,38 +435,48 @@ def incomplete(raw: dict) -> str | None:
     return None if got >= want else f"{got} of {want} JPEGs"
 
 
-def decode_chw(clip: Clip) -> Clip:
-    """Decode the JPEGs into `clip.images` (V, F, 3, H, W) uint8 RGB; ValueError on a bad or wrong-size JPEG."""
+def decode_into(out: np.ndarray, clip: Clip) -> None:
+    """Decode a clip's JPEGs into `out` (>= V views, F, 3, S, S) uint8 RGB, mirrored if `clip.meta['flipped']`;
+    views past the clip's are zeroed. Raises ValueError on a JPEG that does not decode to S x S."""
     import cv2
 
-    size = int(clip.meta["crop_size"])
-    out = np.empty((clip.views, clip.frames, 3, size, size), np.uint8)
+    size = out.shape[-1]
+    flip = bool(clip.meta.get("flipped"))
     for v, frames in enumerate(clip.jpeg):
         for t, data in enumerate(frames):
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             if img is None or img.shape != (size, size, 3):
                 got = "not a decodable JPEG" if img is None else f"{img.shape[1]}x{img.shape[0]}"
                 raise ValueError(f"v{v}_{t:04d}.jpg: {got}, expected a {size}x{size} JPEG")
-            out[v, t] = img.transpose(2, 0, 1)[::-1]
-    clip.images = out
+            if flip:
+                img = cv2.flip(img, 1)
+            dst = out[v, t]
+            cv2.split(img, [dst[2], dst[1], dst[0]])        # BGR (H, W, 3) -> RGB planes, no temporary
+    out[clip.views:] = 0
+
+
+def decode_chw(clip: Clip) -> Clip:
+    """Decode the JPEGs into `clip.images` (V, F, 3, H, W) uint8 RGB (mirrored if the clip was flipped)."""
+    size = int(clip.meta["crop_size"])
+    images = np.empty((clip.views, clip.frames, 3, size, size), np.uint8)
+    decode_into(images, clip)
+    clip.images = images
     return clip
 
 
-def collate(clips: list[Clip]) -> dict:
-    """Clips (same F and crop size, images (V, F, 3, H, W)) -> the batch dict, views zero-padded to MAX_VIEWS."""
-    B, V = len(clips), max(MAX_VIEWS, max(c.views for c in clips))
-    F, size = clips[0].frames, clips[0].images.shape[-1]
-    images = np.zeros((B, V, F, 3, size, size), np.uint8)
+def collate(clips: list[Clip], images: torch.Tensor) -> dict:
+    """Clips (same F and crop size) and their decoded (B, MAX_VIEWS, F, 3, S, S) images -> the batch dict, views
+    zero-padded to MAX_VIEWS."""
+    B, V, F = len(clips), MAX_VIEWS, clips[0].frames
     pose2d = np.zeros((B, V, F, 17, 2), np.float32)
     pose3d_cam = np.zeros((B, V, F, 17, 3), np.float32)
     box = np.zeros((B, V, F, 4), np.float32)
     mask = np.zeros((B, V), bool)
     for b, c in enumerate(clips):
         n = c.views
-        images[b, :n], pose2d[b, :n], pose3d_cam[b, :n], box[b, :n] = c.images, c.pose2d, c.pose3d_cam, c.box
+        pose2d[b, :n], pose3d_cam[b, :n], box[b, :n] = c.pose2d, c.pose3d_cam, c.box
         mask[b, :n] = True
-    return {"images": torch.from_numpy(images), "pose2d": torch.from_numpy(pose2d),
-            "pose3d_cam": torch.from_numpy(pose3d_cam),
+    return {"images": images, "pose2d": torch.from_numpy(pose2d), "pose3d_cam": torch.from_numpy(pose3d_cam),
             "pose3d": torch.from_numpy(np.stack([c.pose3d for c in clips]).astype(np.float32)),
             "box": torch.from_numpy(box), "view_mask": torch.from_numpy(mask),
             "key": [c.key for c in clips], "meta": [c.meta for c in clips], "cameras": [c.cameras for c in clips]}
@@ -422,13 +490,15 @@ class ClipStream(IterableDataset):
     def __init__(self, cfg: LoaderConfig, rank: int):
         self.cfg, self.rank = cfg, rank
         self.plans: list[ReaderPlan] = []
+        self.busy: torch.Tensor | None = None       # (workers, POOL) shared flags of the ImagePools
 
     def __iter__(self):
         info = get_worker_info()
         w = info.id if info is not None else 0
         cfg = self.cfg
+        pool = ImagePool(self.busy[w], w) if info is not None and self.busy is not None else None
         yield from _Reader(self.plans[w], cfg.batch_size, cfg.shuffle, cfg.augment,
-                           [cfg.seed, cfg.epoch, self.rank, w])
+                           [cfg.seed, cfg.epoch, self.rank, w], pool)
 
 
 class ShardLoader:
@@ -474,8 +544,14 @@ class ShardLoader:
     def __iter__(self) -> Iterator[dict]:
         self.stats = LoaderStats()
         self.dataset.plans = self.plans()
+        busy = None
+        if self.cfg.workers > 0:
+            busy = self.dataset.busy = torch.zeros((self.cfg.workers, POOL), dtype=torch.int8).share_memory_()
         for item in self._loader:
             self.stats.add(item.pop("_stats"))
+            slot = item.pop("_slot", None)
+            if slot is not None and busy is not None:
+                weakref.finalize(item["images"].untyped_storage(), _release, busy, *slot)
             if "images" in item:
                 yield item
 

@@ -58,7 +58,8 @@ class Clip:
     pose2d: np.ndarray         # (V, F, 17, 2) crop px
     box: np.ndarray            # (V, F, 4) x0, y0, x1, y1 full-frame px
     jpeg: list[list[bytes]]    # V lists of F JPEG byte strings
-    images: np.ndarray | None = None   # (V, F, H, W, 3) uint8 RGB
+    images: np.ndarray | None = None   # decoded crops, uint8 RGB: (V, F, H, W, 3) here, (V, F, 3, H, W) in the loader
+    source: str = ""                   # the shard (URL) it was read from
 
     @property
     def views(self) -> int:
@@ -147,7 +148,7 @@ def decode_sample(sample: dict) -> Clip:
     missing = [f"v{v}_{t:04d}.jpg" for v in range(V) for t in range(F) if jpeg[v][t] is None]
     if missing:
         raise ValueError(f"missing {len(missing)} JPEG members (first {missing[0]})")
-    return Clip(key=key, meta=meta, cameras=cameras, jpeg=jpeg, **arrays)
+    return Clip(key=key, meta=meta, cameras=cameras, jpeg=jpeg, source=str(sample.get("__url__", "")), **arrays)
 
 
 def decode_images(clip: Clip) -> Clip:
@@ -409,6 +410,33 @@ def _fingerprint(cfg: ShardConfig, sequences: list[str]) -> str:
     return h.hexdigest()
 
 
+def _write_clips(cfg: ShardConfig, refs: list[ClipRef], pos: int, done: list[dict], save_journal, on_progress,
+                 out: Path, limit: float) -> None:
+    """Write clips refs[pos:] into shards, appending each finished shard's entry to `done` (journalled)."""
+    writer = None
+    if on_progress:
+        on_progress(ShardProgress(pos, len(refs)))
+    for i, clip in enumerate(iter_clips(refs[pos:], cfg.frames), start=pos):
+        members = encode_clip(clip)
+        size = sum(_member_bytes(len(d)) for _, d in members)
+        if writer is not None and writer.samples and writer.bytes + size > limit:
+            done.append({**writer.close(), "clips_end": i})
+            save_journal()
+            writer = None
+            if on_progress:
+                on_progress(ShardProgress(i, len(refs), done[-1]["name"]))
+        if writer is None:
+            writer = _ShardWriter(out / f"{cfg.split}-{len(done):06d}.tar")
+        writer.add(clip.key, members)
+        if on_progress:
+            on_progress(ShardProgress(i + 1, len(refs)))
+    if writer is not None:
+        done.append({**writer.close(), "clips_end": len(refs)})
+        save_journal()
+        if on_progress:
+            on_progress(ShardProgress(len(refs), len(refs), done[-1]["name"]))
+
+
 def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] | None = None,
                  plan: tuple[list[ClipRef], list[str]] | None = None) -> ShardResult:
     """Write the split's shards and index under `cfg.out` (`plan`: from plan_clips(cfg), computed if None);
@@ -439,28 +467,12 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
         tmp.write_text(json.dumps({"fingerprint": fp, "shards": done}))
         os.replace(tmp, journal)
 
-    writer = None
-    if on_progress:
-        on_progress(ShardProgress(pos, len(refs)))
-    for i, clip in enumerate(iter_clips(refs[pos:], cfg.frames), start=pos):
-        members = encode_clip(clip)
-        size = sum(_member_bytes(len(d)) for _, d in members)
-        if writer is not None and writer.samples and writer.bytes + size > limit:
-            done.append({**writer.close(), "clips_end": i})
-            save_journal()
-            writer = None
-            if on_progress:
-                on_progress(ShardProgress(i, len(refs), done[-1]["name"]))
-        if writer is None:
-            writer = _ShardWriter(out / f"{cfg.split}-{len(done):06d}.tar")
-        writer.add(clip.key, members)
-        if on_progress:
-            on_progress(ShardProgress(i + 1, len(refs)))
-    if writer is not None:
-        done.append({**writer.close(), "clips_end": len(refs)})
-        save_journal()
-        if on_progress:
-            on_progress(ShardProgress(len(refs), len(refs), done[-1]["name"]))
+    try:
+        _write_clips(cfg, refs, pos, done, save_journal, on_progress, out, limit)
+    except BaseException:              # killed, a full disk, a bad sequence file: no half shard left behind
+        for tmp in out.glob(f"{cfg.split}-*.tar.tmp"):
+            tmp.unlink(missing_ok=True)
+        raise
     shards = [{k: e[k] for k in ("name", "samples", "bytes", "sha256")} for e in done]
     index = {"format": FORMAT, "split": cfg.split, "frames": cfg.frames, "stride": cfg.step, "tail": cfg.tail,
              "shuffle_seed": cfg.shuffle_seed, "subjects": sorted({Path(s).parent.name for s in sequences},
@@ -503,6 +515,57 @@ def index_for(shard: str | Path) -> Path | None:
     shard = Path(shard)
     m = SHARD_RE.match(shard.name)
     return shard.with_name(f"{m.group('split')}-index.json") if m else None
+
+
+def _octal(field: bytes) -> int:
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def iter_tar_members(stream) -> Iterator[dict]:
+    """`{"fname", "data"}` of the regular files of a tar stream, in order: a lean reader of the ustar members that
+    `h36m shard` writes (GNU long names and pax `path` records are followed; other entries skipped), several times
+    faster than `tarfile` per member. Raises EOFError on a truncated archive (including a missing end-of-archive
+    block) and ValueError on a damaged header, after yielding the members before it."""
+    read = stream.read
+    name_override = None
+    while True:
+        h = read(tarfile.BLOCKSIZE)
+        if len(h) < tarfile.BLOCKSIZE:
+            raise EOFError("truncated tar: no end-of-archive block" if not h else "truncated tar header")
+        if not any(h):
+            return
+        try:
+            ok = _octal(h[148:156]) == sum(h) - sum(h[148:156]) + 256      # checksum field counted as spaces
+            size = _octal(h[124:136])
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("damaged tar header (bad checksum)")
+        data = read(size)
+        pad = -size % tarfile.BLOCKSIZE
+        if len(data) < size or (pad and len(read(pad)) < pad):
+            raise EOFError("truncated tar: unexpected end of data")
+        kind = h[156:157]
+        if kind == b"L":                                  # GNU long name of the next member
+            name_override = data.rstrip(b"\0")
+            continue
+        if kind == b"x":                                  # pax extended header: 'len path=...\n' records
+            for rec in data.split(b"\n"):
+                _, _, kv = rec.partition(b" ")
+                if kv.startswith(b"path="):
+                    name_override = kv[5:]
+            continue
+        if kind not in (b"0", b"\0"):
+            name_override = None
+            continue
+        if name_override is not None:
+            name, name_override = name_override, None
+        else:
+            prefix = h[345:500].split(b"\0", 1)[0]
+            name = h[:100].split(b"\0", 1)[0]
+            name = prefix + b"/" + name if prefix else name
+        yield {"fname": name.decode("utf-8", "replace"), "data": data}
 
 
 def iter_tar_samples(path: str | Path) -> Iterator[dict]:
