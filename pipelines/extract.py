@@ -118,127 +118,200 @@ def _mask_boxes(path: Path, n: int, width: int, height: int, margin: float) -> t
     return boxes, count
 
 
-def _crop_video(video: Path, camera: Camera, boxes: np.ndarray, cfg: ExtractConfig) -> tuple[list[bytes], int]:
-    """Decode one video front to back; JPEG crops of its first len(boxes) frames, and its frame count."""
+def _crop_video(video: Path, camera: Camera, boxes: np.ndarray, cfg: ExtractConfig, put: Callable[[bytes], None]
+                ) -> int:
+    """Decode one video front to back, `put` the JPEG crops of its first len(boxes) frames; returns its frames."""
     from h36m_tools.video import VideoInfo
 
     from .crop import crop_yuv420, encode_jpeg
     from .decode import iter_yuv420
 
     info = VideoInfo(camera.intrinsics.width, camera.intrinsics.height, 50.0)
-    jpegs, n = [], 0
+    n = 0
     for n, (y, u, v) in enumerate(iter_yuv420(video, info), start=1):
-        t = n - 1
-        if t < len(boxes):
-            jpegs.append(encode_jpeg(crop_yuv420(y, u, v, boxes[t], cfg.size), cfg.quality))
-    return jpegs, n
+        if n <= len(boxes):
+            put(encode_jpeg(crop_yuv420(y, u, v, boxes[n - 1], cfg.size), cfg.quality))
+    return n
+
+
+class _Spool:
+    """A sequence's JPEG crops, camera after camera, in an unlinked temp file next to the output instead of memory
+    (a real sequence has up to 6349 frames x 4 views); read back a row group at a time by `write_sequence`."""
+
+    def __init__(self, folder: Path):
+        import tempfile
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = tempfile.TemporaryFile(dir=folder, prefix=".spool-")
+        self.index: dict[str, list[tuple[int, int]]] = {}
+        self.end = 0
+
+    def put(self, camera: str, data: bytes) -> None:
+        self.file.write(data)
+        self.index.setdefault(camera, []).append((self.end, len(data)))
+        self.end += len(data)
+
+    def drop(self, camera: str) -> None:
+        self.index.pop(camera, None)
+
+    def rows(self, cameras: list[str], frames: int) -> "_SpoolRows":
+        self.file.flush()
+        return _SpoolRows(self, cameras, frames)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass
+class _SpoolRows:
+    """Rows of a spool as `write_sequence` slices them: rows[a:b] -> b - a lists of one JPEG per camera."""
+    spool: _Spool
+    cameras: list[str]
+    frames: int
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def __getitem__(self, rows: slice) -> list[list[bytes]]:
+        import os
+
+        fd = self.spool.file.fileno()
+        return [[os.pread(fd, *reversed(self.spool.index[c][t])) for c in self.cameras]
+                for t in range(*rows.indices(self.frames))]
 
 
 # ----------------------------------------------------------------------------------------- one sequence
 
-def _extract(files: SequenceFiles, cfg: ExtractConfig, cs: CameraSet, source: str) -> tuple[SequenceResult, dict]:
-    from h36m_tools.cdf import read_pose
+@dataclass
+class _Views:
+    """The cameras of a sequence still in use, and why the others were left out (errors naming their files)."""
+    cameras: dict[str, Camera]
+    dropped: dict[str, H36MError]
+    min_views: int
+
+    def drop(self, cam_id: str, why: H36MError) -> None:
+        self.cameras.pop(cam_id, None)
+        self.dropped[cam_id] = why
+        self.check()
+
+    def check(self) -> None:
+        """Skip the sequence when fewer than `min_views` cameras are left, naming the first camera's problem."""
+        if len(self.cameras) < self.min_views:
+            first = next(iter(self.dropped.values()))
+            total = len(self.cameras) + len(self.dropped)
+            raise Skip(first.path, f"{first.problem}; {len(self.cameras)} of {total} cameras usable, --min-views is "
+                                   f"{self.min_views}")
+
+
+def _open_views(files: SequenceFiles, cs: CameraSet, cfg: ExtractConfig, source: str) -> _Views:
+    """Probe each camera's video (H36M's view order); cameras at the video's size."""
     from h36m_tools.video import probe
 
-    from .crop import joints_box, to_crop
-
-    root, subject, name = Path(files.root), files.subject, files.name
-    if files.d3 is None:
-        raise Skip(root / subject / "MyPoseFeatures" / "D3_Positions" / f"{name}.cdf", "no poses (file not found)")
-    world17 = to17(read_pose(files.d3, 3))
-
-    # cameras: usable videos, in H36M's view order
-    dropped: dict[str, H36MError] = {}
-    cameras: dict[str, Camera] = {}
+    views = _Views({}, {}, cfg.min_views)
     for cid in camera_order(cs.intrinsics):
         video = files.videos.get(cid)
-        if video is None:
-            dropped[cid] = H36MError(root / subject / "Videos" / f"{name}.{cid}.mp4", "video not found")
-            continue
         try:
+            if video is None:
+                raise H36MError(Path(files.root) / files.subject / "Videos" / f"{files.name}.{cid}.mp4",
+                                "video not found")
             info = probe(video)
         except H36MError as e:
-            dropped[cid] = e
+            views.dropped[cid] = e
             continue
-        cameras[cid] = _camera_for_video(cs, subject, cid, info.width, info.height, source)
+        views.cameras[cid] = _camera_for_video(cs, files.subject, cid, info.width, info.height, source)
+    views.check()
+    return views
 
-    def check_views():
-        if len(cameras) < cfg.min_views:
-            first = next(iter(dropped.values()))
-            raise Skip(first.path, f"{first.problem}; {len(cameras)} of {len(cameras) + len(dropped)} cameras "
-                                   f"usable, --min-views is {cfg.min_views}")
 
-    check_views()
-    j2d, j3d = _pose_views(files, world17, cameras, cfg)
-    n_pose = min([len(world17)] + [len(a) for a in j2d.values()] + [len(a) for a in j3d.values()])
+def _boxes(files: SequenceFiles, views: _Views, j2d: dict, n: int, cfg: ExtractConfig
+           ) -> tuple[dict[str, np.ndarray], str, list[str]]:
+    """Per camera (n, 4) boxes: from the masks with --bbox mask (joints where a file or a frame has none), else from
+    the 17 joints; also the method actually used and notes on fallbacks."""
+    from .crop import joints_box
 
-    # boxes: from masks (--bbox mask, where the subject has them) else from the 17 joints
-    notes: list[str] = []
-    boxes: dict[str, np.ndarray] = {}
-    used_mask = False
-    for cid, cam in cameras.items():
-        boxes[cid] = joints_box(j2d[cid][:n_pose], cfg.margin)
+    boxes, notes, used_mask = {}, [], False
+    for cid, cam in views.cameras.items():
+        boxes[cid] = joints_box(j2d[cid][:n], cfg.margin)
         if cfg.bbox != "mask":
             continue
         if cid not in files.masks:
             notes.append(f"camera {cid}: no mask file, boxes from joints")
             continue
-        mb, count = _mask_boxes(files.masks[cid], n_pose, cam.intrinsics.width, cam.intrinsics.height, cfg.margin)
+        mb, count = _mask_boxes(files.masks[cid], n, cam.intrinsics.width, cam.intrinsics.height, cfg.margin)
         ok = ~np.isnan(mb[:, 0])
         boxes[cid][ok] = mb[ok]
         used_mask = used_mask or bool(ok.any())
-        if count < n_pose:
-            notes.append(f"camera {cid}: {n_pose - count} frames without a mask, boxes from joints")
+        if count < n:
+            notes.append(f"camera {cid}: {n - count} frames without a mask, boxes from joints")
     if cfg.bbox == "mask" and not files.masks:
-        notes = [f"no masks for {subject}: boxes from joints"]
+        notes = [f"no masks for {files.subject}: boxes from joints"]
+    return boxes, ("mask" if used_mask else "joints"), notes
 
-    # decode each camera once, front to back
-    crops: dict[str, list[bytes]] = {}
-    video_frames: dict[str, int] = {}
-    decoded = 0
-    for cid in list(cameras):
+
+def _decode_views(files: SequenceFiles, views: _Views, boxes: dict, n: int, cfg: ExtractConfig, spool: "_Spool"
+                  ) -> dict[str, int]:
+    """Decode each camera once, front to back, spooling its crops; video frames per camera kept. A camera that
+    cannot be decoded, or is much shorter than the poses (truncated), is left out."""
+    frames = {}
+    for cid in list(views.cameras):
         try:
-            crops[cid], video_frames[cid] = _crop_video(files.videos[cid], cameras[cid], boxes[cid], cfg)
+            frames[cid] = _crop_video(files.videos[cid], views.cameras[cid], boxes[cid], cfg,
+                                      lambda data, cid=cid: spool.put(cid, data))
         except H36MError as e:
-            dropped[cid] = e
-            del cameras[cid]
-            check_views()
+            spool.drop(cid)
+            views.drop(cid, e)
             continue
-        decoded += video_frames[cid]
-        if video_frames[cid] < n_pose - cfg.max_short_frames:
-            dropped[cid] = H36MError(files.videos[cid], f"truncated video ({video_frames[cid]} frames, the poses "
-                                                        f"have {n_pose})")
-            del cameras[cid], crops[cid], video_frames[cid]
-            check_views()
-    for cid, why in dropped.items():
-        notes.append(f"camera {cid} left out: {why}")
+        if frames[cid] < n - cfg.max_short_frames:
+            spool.drop(cid)
+            views.drop(cid, H36MError(files.videos[cid], f"truncated video ({frames.pop(cid)} frames, the poses "
+                                                         f"have {n})"))
+    return frames
 
-    ids = list(cameras)
-    T = min([n_pose] + [video_frames[c] for c in ids])
-    if T < 1:
-        raise Skip(files.d3, "no frame common to the poses and the videos")
-    trimmed = {c: video_frames[c] - T for c in ids}
-    trimmed["poses"] = len(world17) - T
-    box = np.stack([boxes[c][:T] for c in ids], axis=1)                       # (T, V, 4)
-    pose2d = np.stack([j2d[c][:T] for c in ids], axis=1)                      # (T, V, 17, 2)
-    arrays = SequenceArrays(
-        frame=np.arange(T), pose3d=world17[:T], pose3d_cam=np.stack([j3d[c][:T] for c in ids], axis=1),
-        pose2d=pose2d, pose2d_crop=to_crop(pose2d, box, cfg.size), box=box,
-        jpeg=[[crops[c][t] for c in ids] for t in range(T)])
-    bbox = "mask" if used_mask else "joints"
-    camera_params = [cameras[c].to_dict() for c in ids]
-    meta = SequenceMeta(subject=subject, sequence=name, action=files.action, cameras=ids, fps=50.0,
-                        crop_size=cfg.size, frames=T, trimmed=trimmed, bbox=bbox, margin=float(cfg.margin),
-                        camera_params=camera_params)
-    path = sequence_path(cfg.out, subject, name)
+
+def _extract(files: SequenceFiles, cfg: ExtractConfig, cs: CameraSet, source: str) -> tuple[SequenceResult, dict]:
+    from h36m_tools.cdf import read_pose
+
+    from .crop import to_crop
+
+    if files.d3 is None:
+        raise Skip(Path(files.root) / files.subject / "MyPoseFeatures" / "D3_Positions" / f"{files.name}.cdf",
+                   "no poses (file not found)")
+    world17 = to17(read_pose(files.d3, 3))
+    views = _open_views(files, cs, cfg, source)
+    j2d, j3d = _pose_views(files, world17, views.cameras, cfg)
+    n_pose = min([len(world17)] + [len(a) for a in j2d.values()] + [len(a) for a in j3d.values()])
+    boxes, bbox, notes = _boxes(files, views, j2d, n_pose, cfg)
+
+    path = sequence_path(cfg.out, files.subject, files.name)
+    spool = None
     try:
+        spool = _Spool(path.parent)
+        video_frames = _decode_views(files, views, boxes, n_pose, cfg, spool)
+        notes += [f"camera {cid} left out: {why}" for cid, why in views.dropped.items()]
+        ids = list(views.cameras)
+        T = min([n_pose] + [video_frames[c] for c in ids])
+        if T < 1:
+            raise Skip(files.d3, "no frame common to the poses and the videos")
+        trimmed = {**{c: video_frames[c] - T for c in ids}, "poses": len(world17) - T}
+        box = np.stack([boxes[c][:T] for c in ids], axis=1)                       # (T, V, 4)
+        pose2d = np.stack([j2d[c][:T] for c in ids], axis=1)                      # (T, V, 17, 2)
+        arrays = SequenceArrays(
+            frame=np.arange(T), pose3d=world17[:T], pose3d_cam=np.stack([j3d[c][:T] for c in ids], axis=1),
+            pose2d=pose2d, pose2d_crop=to_crop(pose2d, box, cfg.size), box=box, jpeg=spool.rows(ids, T))
+        camera_params = [views.cameras[c].to_dict() for c in ids]
+        meta = SequenceMeta(subject=files.subject, sequence=files.name, action=files.action, cameras=ids, fps=50.0,
+                            crop_size=cfg.size, frames=T, trimmed=trimmed, bbox=bbox, margin=float(cfg.margin),
+                            camera_params=camera_params)
         write_sequence(path, meta, arrays)
-    except OSError as e:
+    except OSError as e:         # a full disk while spooling or writing
         raise H36MError(path, f"cannot write ({e.strerror or e})") from None
-    entry = {"subject": subject, "sequence": name, "action": files.action, "frames": T, "cameras": ids,
+    finally:
+        if spool is not None:
+            spool.close()
+    entry = {"subject": files.subject, "sequence": files.name, "action": files.action, "frames": T, "cameras": ids,
              "trimmed": trimmed, "file": path.relative_to(cfg.out).as_posix(), "bbox": bbox, "notes": notes}
     result = SequenceResult(files.key, "done", frames=T, cameras=ids, trimmed=trimmed, bbox=bbox, notes=notes,
-                            decoded_frames=decoded)
+                            decoded_frames=sum(video_frames.values()))
     return result, {"entry": entry, "camera_params": camera_params, "bytes": path.stat().st_size}
 
 

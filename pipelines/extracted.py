@@ -73,7 +73,11 @@ class SequenceArrays:
 
 
 def write_sequence(path: str | Path, meta: SequenceMeta, arrays: SequenceArrays, row_group_size: int = 64) -> None:
-    """Write one sequence file atomically (tmp file + rename)."""
+    """Write one sequence file atomically (tmp file + rename), one row group at a time.
+
+    `arrays.jpeg` may be a list or any sequence of rows that can be sliced (`jpeg[a:b]` -> b - a lists of V bytes),
+    e.g. crops spooled to disk, so a long sequence's JPEGs never need to be in memory all at once.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -81,20 +85,25 @@ def write_sequence(path: str | Path, meta: SequenceMeta, arrays: SequenceArrays,
     T, V = arrays.pose2d.shape[:2]
     sch = schema(V).with_metadata({META_KEY: json.dumps(meta.__dict__).encode()})
 
-    def flat(a, n):
-        return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a, np.float32).reshape(-1)), n)
+    def flat(a, n, rows):
+        a = np.ascontiguousarray(a[rows], np.float32).reshape(-1)
+        return pa.FixedSizeListArray.from_arrays(pa.array(a), n)
 
-    table = pa.Table.from_arrays([
-        pa.array(arrays.frame.astype(np.int32)),
-        flat(arrays.pose3d, 51), flat(arrays.pose3d_cam, V * 51), flat(arrays.pose2d, V * 34),
-        flat(arrays.pose2d_crop, V * 34), flat(arrays.box, V * 4),
-        pa.array(arrays.jpeg, type=pa.list_(pa.binary(), V)),
-    ], schema=sch)
+    def table(rows: slice):
+        return pa.Table.from_arrays([
+            pa.array(arrays.frame[rows].astype(np.int32)),
+            flat(arrays.pose3d, 51, rows), flat(arrays.pose3d_cam, V * 51, rows), flat(arrays.pose2d, V * 34, rows),
+            flat(arrays.pose2d_crop, V * 34, rows), flat(arrays.box, V * 4, rows),
+            pa.array(list(arrays.jpeg[rows]), type=pa.list_(pa.binary(), V)),
+        ], schema=sch)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd",
-                       use_dictionary=["frame"], write_statistics=["frame"])
+        with pq.ParquetWriter(tmp, sch, compression="zstd", use_dictionary=["frame"],
+                              write_statistics=["frame"]) as writer:
+            for a in range(0, max(T, 1), row_group_size):
+                writer.write_table(table(slice(a, min(a + row_group_size, T))), row_group_size=row_group_size)
         os.replace(tmp, path)
     except BaseException:          # a full disk, an interrupt: leave no tmp file behind
         tmp.unlink(missing_ok=True)
