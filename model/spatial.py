@@ -20,10 +20,11 @@ so the forward pass is unchanged) which gives the query a gradient: it learns to
 whose features the pose loss needs, i.e. the person.
 
 How it saves compute: from then on only the kept tokens exist. Every block of the selected and later
-stages (LayerNorms, qkv, projection, MLP: ~95% of a Swin block's FLOPs) runs on K instead of L tokens.
-Window attention is kept exactly: each kept token attends to the kept tokens of its own (shifted)
-window, with Swin's relative position bias and shifted-window region mask; it is computed as one
-masked K x K attention per image, whose cost (K^2 vs L x window area) is reported by the benchmark.
+stages runs its LayerNorms, qkv, projection and MLP (~95% of a Swin block's FLOPs) on K instead of L
+tokens. Window attention is kept exactly: the kept tokens' q, k, v are put in their (shifted) windows
+and each kept token attends to the kept tokens of its own window, with Swin's relative position bias
+and shifted-window region mask (dropped slots are masked keys). The attention matmuls still cost as
+much as in the full grid (a few % of a block), which the benchmark's FLOP counts include.
 At the next patch merging the kept tokens are put back on a zero grid, the saliency map is 2 x 2
 max-pooled, and only the round(keep_ratio * L') merged tokens of highest pooled saliency are formed
 and kept (dropped children contribute zeros). With keep_ratio = 1 (or `_forward_selected(x, 1.0)`)
@@ -81,38 +82,41 @@ def _scatter(x: torch.Tensor, idx: torch.Tensor, length: int) -> torch.Tensor:
     return out.scatter(1, idx[..., None].expand(-1, -1, x.shape[-1]), x)
 
 
-def _window_layout(block: SwinTransformerBlock, rows: torch.Tensor, cols: torch.Tensor, hw: tuple[int, int]):
-    """For kept tokens at (rows, cols) (N, K) of an (H, W) grid: the (N, K, K) bool 'same window' mask
-    and the additive (N, heads, K, K) relative position bias + shifted-window region mask of `block`."""
+def _window_slots(block: SwinTransformerBlock, rows: torch.Tensor, cols: torch.Tensor, hw: tuple[int, int]):
+    """Where timm's (shifted) window partition of an (H, W) grid puts the tokens at (rows, cols) (N, K):
+    slot = window index * window area + position in the window. Returns (slots (N, K), number of windows)."""
     H, W = hw
     wh, ww = block.window_size
     sh, sw = block.shift_size
     r = (rows - sh) % H  # position after timm's torch.roll(x, -shift)
     c = (cols - sw) % W
-    win = (r // wh) * (W // ww) + (c // ww)
-    same = win[:, :, None] == win[:, None, :]
-    pr, pc = r % wh, c % ww
-    rel = (pr[:, :, None] - pr[:, None, :] + wh - 1) * (2 * ww - 1) + (pc[:, :, None] - pc[:, None, :] + ww - 1)
-    attn = block.attn
-    bias = attn.relative_position_bias_table[rel].permute(0, 3, 1, 2)  # (N, heads, K, K)
-    if sh or sw:
-        region = ((r >= H - wh).long() + (r >= H - sh).long()) * 3 + (c >= W - ww).long() + (c >= W - sw).long()
-        bias = bias - 100.0 * (region[:, :, None] != region[:, None, :]).unsqueeze(1).to(bias.dtype)
-    return same, bias
+    window = (r // wh) * (W // ww) + c // ww
+    return window * (wh * ww) + (r % wh) * ww + c % ww, (H // wh) * (W // ww)
 
 
-def sparse_block_forward(block: SwinTransformerBlock, x: torch.Tensor, same: torch.Tensor,
-                         bias: torch.Tensor) -> torch.Tensor:
-    """A timm Swin block on kept tokens only. x (N, K, C) -> (N, K, C); same/bias from _window_layout."""
-    n, k, c = x.shape
+def sparse_block_forward(block: SwinTransformerBlock, x: torch.Tensor, slots: torch.Tensor,
+                         n_windows: int) -> torch.Tensor:
+    """A timm Swin block on kept tokens only. x (N, K, C) -> (N, K, C); slots from _window_slots.
+
+    LayerNorms, qkv, projection and MLP run on the K kept tokens; q, k, v are placed in their windows
+    and window attention runs as in timm (relative position bias, shifted-window mask) with empty
+    slots masked out as keys, then the K outputs are gathered back."""
+    n, k, _ = x.shape
     attn = block.attn
-    h = block.norm1(x)
-    q, kk, v = attn.qkv(h).reshape(n, k, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    logits = (q * attn.scale) @ kk.transpose(-2, -1) + bias
-    logits = logits.masked_fill(~same[:, None], float("-inf"))
+    area = block.window_area
+    qkv = attn.qkv(block.norm1(x))  # (N, K, 3 C')
+    length = n_windows * area
+    qkv = _scatter(qkv, slots, length)
+    occupied = torch.zeros(n, length, dtype=torch.bool, device=x.device).scatter(1, slots, True)
+    q, kk, v = qkv.reshape(n * n_windows, area, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    logits = (q * attn.scale) @ kk.transpose(-2, -1) + attn._get_rel_pos_bias()  # (N nW, heads, area, area)
+    if block.attn_mask is not None:  # shifted windows: timm's (nW, area, area) region mask
+        logits = (logits.view(n, n_windows, attn.num_heads, area, area) + block.attn_mask[None, :, None]
+                  ).view(n * n_windows, attn.num_heads, area, area)
+    logits = logits.masked_fill(~occupied.view(n * n_windows, 1, 1, area), torch.finfo(logits.dtype).min)
     h = attn.attn_drop(logits.softmax(dim=-1)) @ v
-    h = attn.proj_drop(attn.proj(h.transpose(1, 2).reshape(n, k, -1)))
-    x = x + block.drop_path1(h)
+    h = _gather(h.transpose(1, 2).reshape(n, length, -1), slots)
+    x = x + block.drop_path1(attn.proj_drop(attn.proj(h)))
     return x + block.drop_path2(block.mlp(block.norm2(x)))
 
 
@@ -187,11 +191,11 @@ class SpatialEncoder(nn.Module):
     def _sparse_stage(self, stage: nn.Module, x: torch.Tensor, idx: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         rows, cols = idx // hw[1], idx % hw[1]
         for block in stage.blocks:
-            same, bias = _window_layout(block, rows, cols, hw)
+            slots, n_windows = _window_slots(block, rows, cols, hw)
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(sparse_block_forward, block, x, same, bias, use_reentrant=False)
+                x = checkpoint(sparse_block_forward, block, x, slots, n_windows, use_reentrant=False)
             else:
-                x = sparse_block_forward(block, x, same, bias)
+                x = sparse_block_forward(block, x, slots, n_windows)
         return x
 
 
