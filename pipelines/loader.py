@@ -25,12 +25,11 @@ import glob
 import json
 import random
 import re
-import tarfile
 import urllib.parse
 import urllib.request
 import warnings
 import weakref
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 

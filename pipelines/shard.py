@@ -24,7 +24,7 @@ import os
 import re
 import tarfile
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -495,21 +495,6 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
 
 # ----------------------------------------------------------------------------------------- reading shards
 
-def read_index(path: str | Path) -> dict:
-    """A `{split}-index.json`; raises H36MError naming the file if it is unreadable or malformed."""
-    path = Path(path)
-    try:
-        index = json.loads(path.read_text())
-        if not isinstance(index.get("shards"), list) or any(
-                not {"name", "samples", "bytes", "sha256"} <= set(e) for e in index["shards"]):
-            raise ValueError("'shards' must list name, samples, bytes, sha256")
-    except OSError as e:
-        raise H36MError(path, f"cannot read ({e.strerror})") from None
-    except (ValueError, AttributeError) as e:
-        raise H36MError(path, f"not a shard index ({e})") from None
-    return index
-
-
 def index_for(shard: str | Path) -> Path | None:
     """The index file beside a local shard `{split}-NNNNNN.tar`, or None if the name does not follow the scheme."""
     shard = Path(shard)
@@ -527,7 +512,15 @@ def iter_tar_members(stream) -> Iterator[dict]:
     `h36m shard` writes (GNU long names and pax `path` records are followed; other entries skipped), several times
     faster than `tarfile` per member. Raises EOFError on a truncated archive (including a missing end-of-archive
     block) and ValueError on a damaged header, after yielding the members before it."""
-    read = stream.read
+    def read(n: int) -> bytes:          # a socket or pipe may return less than asked before its end
+        data = stream.read(n)
+        while len(data) < n:
+            more = stream.read(n - len(data))
+            if not more:
+                break
+            data += more
+        return data
+
     name_override = None
     while True:
         h = read(tarfile.BLOCKSIZE)
@@ -586,13 +579,3 @@ def read_clip(path: str | Path, key: str | None = None) -> Clip:
     except (tarfile.TarError, OSError, ValueError) as e:
         raise H36MError(path, f"unreadable shard ({e})") from None
     raise H36MError(path, f"no sample with key {key!r}" if key else "holds no samples")
-
-
-def shard_summary(index: dict) -> dict:
-    """A short dict of an index for reports: shards, samples, bytes."""
-    return {"shards": len(index["shards"]), "samples": index["samples"],
-            "bytes": sum(e["bytes"] for e in index["shards"])}
-
-
-def config_dict(cfg: ShardConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
