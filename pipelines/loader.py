@@ -309,7 +309,7 @@ class _Reader:
 
             stream = one_pass()
             if self.shuffle > 1:
-                stream = _shuffle(stream, bufsize=self.shuffle, initial=self.shuffle,
+                stream = _shuffle(stream, bufsize=self.shuffle, initial=max(1, self.shuffle // 4),
                                   rng=random.Random(int(self.rng.integers(2 ** 63))))
             yield from stream
             if not repeat or got == 0:
