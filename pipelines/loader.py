@@ -145,7 +145,7 @@ def shard_counts(urls: list[str]) -> list[int | None]:
 def open_url(url: str):
     """A binary stream for a local path, file:, http(s): (urllib, no curl needed) or pipe: URL."""
     if _is_local(url):
-        return open(_local_path(url), "rb")
+        return open(_local_path(url), "rb", buffering=1 << 20)
     if url.startswith(("http://", "https://")):
         return urllib.request.urlopen(url, timeout=60)
     from webdataset.gopen import gopen
