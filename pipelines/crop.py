@@ -107,6 +107,23 @@ def crop_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray, box: np.ndarray, si
     return cv2.transform(yuv, YUV_TO_BGR)
 
 
+def decode_region(boxes: np.ndarray, width: int, height: int, pad: int = 4) -> tuple[int, int, int, int]:
+    """(N, 4) boxes of one video -> the part of its width x height frames they need, as even-aligned
+    (x, y, w, h): the union of the boxes, clipped to the frame and padded by `pad` px for the bilinear warp.
+    Cropping from the region with boxes shifted by (-x, -y) gives the same crops as cropping from whole frames."""
+    if len(boxes) == 0:
+        return 0, 0, width, height
+    boxes = np.asarray(boxes, float)
+    x0 = int(np.clip(np.floor(boxes[:, 0].min()) - pad, 0, width)) // 2 * 2
+    y0 = int(np.clip(np.floor(boxes[:, 1].min()) - pad, 0, height)) // 2 * 2
+    x1 = int(np.clip(np.ceil(boxes[:, 2].max()) + pad, 0, width))
+    y1 = int(np.clip(np.ceil(boxes[:, 3].max()) + pad, 0, height))
+    w, h = x1 - x0 + (x1 - x0) % 2, y1 - y0 + (y1 - y0) % 2
+    if x0 + w > width or y0 + h > height or w < 2 or h < 2:   # odd frame sizes, boxes off the frame
+        return 0, 0, width, height
+    return x0, y0, w, h
+
+
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     """BGR uint8 image -> JPEG bytes (libjpeg through cv2; deterministic for equal input and quality)."""
     import cv2

@@ -1,0 +1,170 @@
+"""Benchmark of `h36m extract` against its baselines, measured in one run on the same synthetic videos.
+
+    .venv/bin/python bench/bench_extract.py [--scale 1.0] [--frames 100] [--sequences 1] [--repeat 3] [--work DIR]
+
+Measures (best of --repeat, one worker / one decoder thread each, so the numbers are per core):
+  bare decode     ffmpeg decoding every video to null (h36m_tools.video.decode_to_null): the speed limit;
+  extract         `run_extract` with 1 worker: decode + crop + JPEG + Parquet;
+  full-frame JPEG the common practice it replaces: every frame written as a full-size JPEG (same quality),
+                  then cropped on load (read + decode + warp to the crop size), timed separately.
+Frames are video frames decoded. CPU time counts this process and its children (ffmpeg). Prints a Markdown table
+of times, frames/s, frames per CPU-second, ratios to bare decode, and disk use.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _cpu() -> float:
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def _timed(fn, repeat: int) -> tuple[float, float, object]:
+    """Best wall time of `repeat` calls, the CPU time of that call, and its result."""
+    best = None
+    for _ in range(repeat):
+        t, c = time.perf_counter(), _cpu()
+        out = fn()
+        wall, cpu = time.perf_counter() - t, _cpu() - c
+        if best is None or wall < best[0]:
+            best = (wall, cpu, out)
+    return best
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="synthetic video scale (1.0 = real 1000x1000)")
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--sequences", type=int, default=1)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--quality", type=int, default=90)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=None, help="keep the release and outputs here (reused if present)")
+    args = ap.parse_args(argv)
+
+    import cv2
+    import numpy as np
+
+    from h36m_tools import video
+    from pipelines.crop import crop_bgr, joints_box
+    from pipelines.extract import run_extract
+    from pipelines.extract_plan import ExtractConfig
+    from pipelines.extracted import list_sequences, read_sequence
+    from pipelines.synth import SynthConfig, run_synth
+
+    cv2.setNumThreads(1)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_extract_"))
+    raw = work / f"raw_scale{args.scale}_f{args.frames}_s{args.sequences}"
+    if not raw.is_dir():
+        t = time.perf_counter()
+        run_synth(SynthConfig(out=raw, subjects=("S1",), sequences_per_subject=args.sequences, frames=args.frames,
+                              scale=args.scale, quirks=False, workers=2))
+        print(f"synth: {time.perf_counter() - t:.1f} s -> {raw}", file=sys.stderr)
+    videos = sorted(raw.glob("S*/Videos/*.mp4"))
+    n_frames = sum(sum(1 for _ in video.iter_frames(v)) for v in videos)
+    info = video.probe(videos[0])
+    video_bytes = sum(v.stat().st_size for v in videos)
+
+    # 1. bare decode
+    bare = _timed(lambda: [video.decode_to_null(v) for v in videos], args.repeat)
+
+    # 2. extract, one worker
+    out = work / "extracted"
+
+    def extract():
+        shutil.rmtree(out, ignore_errors=True)
+        res = run_extract(ExtractConfig(raw=raw, out=out, size=args.size, quality=args.quality, workers=1))
+        assert all(r.status == "done" for r in res), [r.reason for r in res]
+        return sum(r.decoded_frames for r in res)
+
+    ext = _timed(extract, args.repeat)
+    assert ext[2] == n_frames, (ext[2], n_frames)
+    ext_bytes = sum(p.stat().st_size for p in list_sequences(out))
+
+    # 3. the common practice: full-frame JPEGs, cropped on load (same boxes as extract)
+    jpg_dir = work / "fullframe_jpeg"
+
+    def write_full():
+        shutil.rmtree(jpg_dir, ignore_errors=True)
+        jpg_dir.mkdir(parents=True)
+        n = 0
+        for v in videos:
+            for t, frame in enumerate(video.iter_frames(v)):
+                cv2.imwrite(str(jpg_dir / f"{v.stem}_{t:06d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, args.quality])
+                n += 1
+        return n
+
+    full = _timed(write_full, args.repeat)
+    full_bytes = _du(jpg_dir)
+    boxes = {}
+    for p in list_sequences(out):
+        meta, a = read_sequence(p, with_jpeg=False)
+        for vi, cam in enumerate(meta.cameras):
+            for t in range(meta.frames):
+                boxes[f"{meta.sequence}.{cam}_{t:06d}"] = a.box[t, vi]
+    files = sorted(jpg_dir.glob("*.jpg"))
+
+    def load_full():
+        for f in files:
+            box = boxes.get(f.stem)
+            img = cv2.imread(str(f))
+            crop_bgr(img, box if box is not None else joints_box(np.zeros((1, 2))), args.size)
+        return len(files)
+
+    load = _timed(load_full, args.repeat)
+
+    def load_ours():
+        n = 0
+        for p in list_sequences(out):
+            _, a = read_sequence(p)
+            for row in a.jpeg:
+                for j in row:
+                    cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
+                    n += 1
+        return n
+
+    ours_load = _timed(load_ours, args.repeat)
+
+    def row(name, r, frames):
+        wall, cpu, _ = r
+        return (f"| {name} | {wall:.2f} | {cpu:.2f} | {frames / wall:.0f} | {frames / cpu:.0f} | "
+                f"{(frames / wall) / (n_frames / bare[0]):.2f} | {(frames / cpu) / (n_frames / bare[1]):.2f} |")
+
+    print(f"\n{len(videos)} videos, {info.width}x{info.height}, {n_frames} frames, {video_bytes / 1e6:.2f} MB of "
+          f"H.264 ({video_bytes / n_frames / 1e3:.1f} kB/frame); crops {args.size}px, JPEG q{args.quality}; "
+          f"best of {args.repeat}\n")
+    print("| step | wall s | CPU s | frames/s | frames/CPU-s | vs bare decode (wall) | vs bare decode (per core) |")
+    print("|---|---|---|---|---|---|---|")
+    print(row("bare decode (ffmpeg -> null)", bare, n_frames))
+    print(row("**h36m extract** (1 worker)", ext, n_frames))
+    print(row("full-frame JPEG: write", full, n_frames))
+    print(row("full-frame JPEG: load + crop", load, len(files)))
+    print(row("extract output: load (JPEG decode)", ours_load, ours_load[2]))
+    wall_full = full[0] + load[0]
+    print(f"\nfull-frame practice, write + one pass of loading: {wall_full:.2f} s, "
+          f"{wall_full / ext[0]:.1f}x the extract time")
+    print(f"\n| disk | MB | per frame kB | vs full-frame JPEG |\n|---|---|---|---|\n"
+          f"| source videos | {video_bytes / 1e6:.2f} | {video_bytes / n_frames / 1e3:.1f} | "
+          f"{video_bytes / full_bytes:.3f} |\n"
+          f"| full-frame JPEG | {full_bytes / 1e6:.2f} | {full_bytes / n_frames / 1e3:.1f} | 1 |\n"
+          f"| extract (Parquet, crops + annotations) | {ext_bytes / 1e6:.2f} | {ext_bytes / n_frames / 1e3:.1f} | "
+          f"{ext_bytes / full_bytes:.3f} |")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
