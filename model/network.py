@@ -57,6 +57,13 @@ class PoseNetwork(nn.Module):
         if images.ndim != 6:
             raise ValueError(f"expected images (B, V, F, 3, H, W), got shape {tuple(images.shape)}")
         b, v, f = images.shape[:3]
+        if f > self.cfg.relations.max_frames or v > self.cfg.relations.max_views:
+            raise ValueError(f"clip of {v} views x {f} frames; this network takes at most "
+                             f"{self.cfg.relations.max_views} x {self.cfg.relations.max_frames}")
+        if view_mask is not None:
+            if view_mask.shape != (b, v):
+                raise ValueError(f"view_mask must be (B, V) = {(b, v)}, got {tuple(view_mask.shape)}")
+            view_mask = view_mask.to(device=images.device, dtype=torch.bool)
         feats = self._spatial(images.flatten(0, 2), view_mask, b, v, f)
         c = feats.pooled.shape[-1]
         tokens = self.relations(feats.pooled.reshape(b, v, f, c), view_mask)
@@ -76,7 +83,7 @@ class PoseNetwork(nn.Module):
     def _spatial(self, flat: torch.Tensor, view_mask: Optional[torch.Tensor], b: int, v: int, f: int) -> SpatialFeatures:
         if view_mask is None:
             return self.spatial(flat)
-        present = view_mask.to(torch.bool)[:, :, None].expand(b, v, f).reshape(-1)
+        present = view_mask[:, :, None].expand(b, v, f).reshape(-1)
         if bool(present.all()):
             return self.spatial(flat)
         idx = present.nonzero().squeeze(1)

@@ -287,6 +287,22 @@ def test_paper_forward_backward_small():
     assert torch.isfinite(net.spatial.swin.patch_embed.proj.weight.grad).all()
 
 
+def test_paper_views_frames_and_mask():
+    torch.manual_seed(0)
+    net = build_model(PRESETS["paper_f8"]).eval()  # with the rf-81 PoseFormer
+    x = torch.randn(1, 3, 1, 3, 224, 224)
+    mask = torch.tensor([[True, False, True]])
+    with torch.no_grad():
+        out = net(x, view_mask=mask)  # the missing view's image is not run through Swin
+        x[:, 1] = 0
+        again = net(x, view_mask=mask)
+    assert out.joints2d.shape == (1, 3, 1, 17, 2) and out.joints3d.shape == (1, 3, 1, 17, 3)
+    assert torch.isfinite(out.joints2d).all() and torch.isfinite(out.joints3d).all()
+    assert torch.allclose(out.joints2d[mask], again.joints2d[mask], atol=1e-5)
+    with pytest.raises(ValueError):
+        net(torch.zeros(1, 1, 9, 3, 224, 224))  # more frames than paper_f8's relations take
+
+
 # ---------------------------------------------------------------- learning
 
 def blob_clips(b=3, v=2, f=4, size=64, seed=0):
