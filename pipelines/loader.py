@@ -475,10 +475,19 @@ def collate(clips: list[Clip], images: torch.Tensor) -> dict:
         n = c.views
         pose2d[b, :n], pose3d_cam[b, :n], box[b, :n] = c.pose2d, c.pose3d_cam, c.box
         mask[b, :n] = True
-    return {"images": images, "pose2d": torch.from_numpy(pose2d), "pose3d_cam": torch.from_numpy(pose3d_cam),
-            "pose3d": torch.from_numpy(np.stack([c.pose3d for c in clips]).astype(np.float32)),
-            "box": torch.from_numpy(box), "view_mask": torch.from_numpy(mask),
+    return {"images": images, "pose2d": pose2d, "pose3d_cam": pose3d_cam,
+            "pose3d": np.stack([c.pose3d for c in clips]).astype(np.float32), "box": box, "view_mask": mask,
             "key": [c.key for c in clips], "meta": [c.meta for c in clips], "cameras": [c.cameras for c in clips]}
+
+
+#: Batch entries that travel from the workers as numpy arrays (pickled inline: no shared-memory segment and file
+#: descriptor each) and become tensors in the main process.
+SMALL = ("pose2d", "pose3d_cam", "pose3d", "box", "view_mask")
+
+
+def _as_is(item):
+    """The DataLoader's per-item collate: leave the batch as the worker made it (no numpy -> tensor there)."""
+    return item
 
 
 # ----------------------------------------------------------------------------------------- the loader
@@ -521,7 +530,7 @@ class ShardLoader:
         self.stats = LoaderStats()
         self.dataset = ClipStream(cfg, self.rank)
         self._loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=None, num_workers=cfg.workers, pin_memory=cfg.pin_memory,
+            self.dataset, batch_size=None, collate_fn=_as_is, num_workers=cfg.workers, pin_memory=cfg.pin_memory,
             prefetch_factor=2 if cfg.workers else None)
 
     def plans(self, epoch: int | None = None) -> list[ReaderPlan]:
@@ -552,6 +561,10 @@ class ShardLoader:
             if slot is not None and busy is not None:
                 weakref.finalize(item["images"].untyped_storage(), _release, busy, *slot)
             if "images" in item:
+                for k in SMALL:
+                    item[k] = torch.from_numpy(item[k])
+                    if self.cfg.pin_memory and torch.cuda.is_available():
+                        item[k] = item[k].pin_memory()
                 yield item
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from fixtures_shard import FRAMES, SHARD_MB, extracted, run_cli, shards  # noqa: F401  (fixtures)
 from pipelines.extracted import list_sequences, read_sequence
-from pipelines.shard import (ShardConfig, clip_key, clip_starts, decode_images, iter_tar_samples, read_clip,
+from pipelines.shard import (CAMERA_FIELDS, ShardConfig, clip_key, clip_starts, decode_images, iter_tar_samples, read_clip,
                              write_shards)
 
 
@@ -83,8 +83,7 @@ def test_round_trip_equals_extracted(shards, extracted):
             np.testing.assert_array_equal(clip.pose2d, arr.pose2d_crop[rows].transpose(1, 0, 2, 3))
             np.testing.assert_array_equal(clip.box, arr.box[rows].transpose(1, 0, 2))
             assert clip.jpeg == [[arr.jpeg[r][v] for r in rows] for v in range(len(meta.cameras))]
-            assert [{k: c[k] for k in c} for c in clip.cameras] == [
-                {k: p[k] for k in clip.cameras[0]} for p in meta.camera_params]
+            assert clip.cameras == [{k: p[k] for k in CAMERA_FIELDS} for p in meta.camera_params]
             seen.append(clip.key)
         want = [clip_key(m.subject, m.sequence, s) for m, _ in seqs.values() if m.subject in subjects
                 for s, _ in clip_starts(m.frames, FRAMES, FRAMES, "drop")]
