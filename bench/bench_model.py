@@ -178,7 +178,8 @@ def main() -> None:
         t = min(times[key])
         where = "-" if keep == 1.0 else f"{stage + 1} ({enc.cfg.grid_sizes()[stage]}^2 grid)"
         say(f"| {keep} | {where} | {'-'.join(map(str, enc.kept_tokens(keep)))} | {fmt_g(sp_flops[key])} | "
-            f"{sp_flops[key] / sp_flops[base]:.3f} | {net_flops[key] / net_flops[base]:.3f} | {t:.2f} | {t / t_base:.3f} |")
+            f"{sp_flops[key] / sp_flops[base]:.3f} | {net_flops[key] / net_flops[base]:.3f} | {t:.2f} | "
+            f"{t / t_base:.3f} |")
     say()
     say("Default (`select_stage = 2`): stages 1-2 (56 x 56 and 28 x 28 grids) run in full, stages 3-4 run on "
         "the kept tokens only (masked window attention over kept tokens, gathered patch merging), so the saving "

@@ -80,7 +80,8 @@ class PoseNetwork(nn.Module):
         or seq2seq windows)."""
         return self.lifter.predict_sequence(joints2d_seq * 2 - 1)
 
-    def _spatial(self, flat: torch.Tensor, view_mask: Optional[torch.Tensor], b: int, v: int, f: int) -> SpatialFeatures:
+    def _spatial(self, flat: torch.Tensor, view_mask: Optional[torch.Tensor], b: int, v: int,
+                 f: int) -> SpatialFeatures:
         if view_mask is None:
             return self.spatial(flat)
         present = view_mask[:, :, None].expand(b, v, f).reshape(-1)
