@@ -1,18 +1,20 @@
 """Loader benchmark: crops/s of pipelines.loader against the JPEG decode limit and the usual baseline, one run.
 
-    .venv/bin/python bench/bench_loader.py [--release RAW] [--work bench/out/loader] [--seconds 6]
+    .venv/bin/python bench/bench_loader.py [--release RAW] [--work bench/out/loader] [--seconds 5] [--rounds 3]
 
-Data: a synthetic release at the real video size (scale 1.0: 1000x1000 / 1000x1002, written once into --work,
-or --release), extracted by `h36m extract` to --crop px crops and sharded by `h36m shard` into --clip-frame clips.
-Measured in the same run, on the same machine, for 1 and 2 processes:
-  loader     make_loader(workers=P, batch_size=--batch): decode + collate + transfer from the workers; the shard list
-             is repeated so one pass lasts --seconds; timed from the first batch (worker start-up excluded).
-  decode     the same JPEG bytes (every crop in the shards) decoded with cv2.imdecode in a tight loop by P processes:
-             the ceiling for any loader that ships these JPEGs.
-  baseline   the common alternative: full-frame JPEG files on disk (one per video frame and camera, quality 90),
+Data: a synthetic release at the real video size (scale 1.0: 1000x1000 / 1000x1002; written once into --work, or
+--release), extracted by `h36m extract` to --crop px crops and sharded by `h36m shard` into --clip-frame clips.
+Measured in the same run on the same data, for P = 1 and 2 processes, each run about --seconds long:
+  loader     one epoch of make_loader(workers=P, batch_size=--batch, default shuffle) over the shard list repeated
+             so that it lasts --seconds: tar reading, decoding, batching, hand-over from the workers, start-up.
+  decode     the same JPEG bytes (every crop in the shards) decoded with cv2.imdecode in a tight loop by P
+             processes: the ceiling for any loader that ships these JPEGs.
+  baseline   the usual alternative: full-frame JPEG files on disk (one per video frame and camera, quality 90) and
              a map-style Dataset that per sample reads and decodes V x F full frames and crops them to the same
-             boxes (cv2.warpAffine), DataLoader(batch_size, num_workers=P).
-Targets: loader >= 0.8x decode and >= 5x baseline (crops/s). Prints a Markdown table.
+             boxes (cv2.warpAffine), DataLoader(batch_size=--batch, num_workers=P, shuffle=True).
+Rounds interleave the three; reported: medians of crops/s, and medians of the per-round ratios, by wall time and by
+CPU time (this process and its workers: robust to other load on the machine).
+Targets: loader >= 0.8x decode and >= 5x baseline. Prints a Markdown table to stdout.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,33 +80,55 @@ def write_fullframes(extracted: Path, release: Path, out: Path) -> None:
     (out / "done").write_text("")
 
 
+# ----------------------------------------------------------------------------------------- measuring
+
+@dataclass
+class Run:
+    """One timed run: crops produced, wall seconds, CPU seconds of this process and its (finished) children."""
+    crops: int
+    wall: float
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.crops / self.wall
+
+    @property
+    def per_cpu(self) -> float:
+        return self.crops / self.cpu
+
+
+def _cpu() -> float:
+    import resource
+
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+def timed(fn) -> Run:
+    """Run fn() -> crops; worker processes must have exited when it returns (their CPU time is counted)."""
+    c0, t0 = _cpu(), time.perf_counter()
+    crops = fn()
+    return Run(crops, time.perf_counter() - t0, _cpu() - c0)
+
+
 # ----------------------------------------------------------------------------------------- the loader
 
-def bench_loader(shards: Path, workers: int, batch: int, seconds: float) -> float:
+def bench_loader(shards: Path, workers: int, batch: int, seconds: float) -> Run:
+    """An epoch of make_loader over the shard list repeated to last about `seconds` (start-up included)."""
     import json
 
     from pipelines.loader import LoaderConfig, make_loader
 
     index = json.loads((shards / "train-index.json").read_text())
     urls = [str(shards / e["name"]) for e in index["shards"]]
-    one_pass = _time_pass(make_loader(LoaderConfig(urls, batch_size=batch, workers=workers, shuffle=0,
-                                                   equal_batches=False)))
-    reps = max(1, int(seconds / max(one_pass, 1e-3)))           # the shard list repeated: one long pass
-    loader = make_loader(LoaderConfig(urls * reps, batch_size=batch, workers=workers, shuffle=0, equal_batches=False))
-    crops, t0 = 0, None
-    for b in loader:
-        if t0 is None:
-            t0 = time.perf_counter()                              # timed from the first batch
-            continue
-        crops += int(b["view_mask"].sum()) * b["images"].shape[2]
-    return crops / (time.perf_counter() - t0)
 
+    def epoch(reps):
+        loader = make_loader(LoaderConfig(urls * reps, batch_size=batch, workers=workers, equal_batches=False))
+        return sum(int(b["view_mask"].sum()) * b["images"].shape[2] for b in loader)
 
-def _time_pass(loader) -> float:
-    t0 = time.perf_counter()
-    for _ in loader:
-        pass
-    return time.perf_counter() - t0
+    one = timed(lambda: epoch(1))
+    return timed(lambda: epoch(max(1, round(seconds / one.wall))))
 
 
 # ----------------------------------------------------------------------------------------- the decode limit
@@ -128,14 +153,14 @@ def shard_jpegs(shards: Path) -> list[bytes]:
             for k, v in raw.items() if k.endswith(".jpg")]
 
 
-def bench_decode(jpegs: list[bytes], procs: int, seconds: float) -> float:
-    t0 = time.perf_counter()
-    if procs == 1:
-        n = _decode_loop((jpegs, seconds))
-    else:
+def bench_decode(jpegs: list[bytes], procs: int, seconds: float) -> Run:
+    def run():
+        if procs == 1:
+            return _decode_loop((jpegs, seconds))
         with mp.get_context("fork").Pool(procs) as pool:
-            n = sum(pool.map(_decode_loop, [(jpegs[i::procs], seconds) for i in range(procs)]))
-    return n / (time.perf_counter() - t0)
+            return sum(pool.map(_decode_loop, [(jpegs[i::procs], seconds) for i in range(procs)]))
+
+    return timed(run)
 
 
 # ----------------------------------------------------------------------------------------- the baseline
@@ -173,23 +198,20 @@ class FullFrameClips:
 
 
 def bench_baseline(extracted: Path, frames_dir: Path, clip: int, crop: int, workers: int, batch: int,
-                   seconds: float) -> float:
+                   seconds: float) -> Run:
     import torch
 
     one = FullFrameClips(extracted, frames_dir, clip, crop, 1)
     t0 = time.perf_counter()
     one[0]
-    per_clip = time.perf_counter() - t0
-    reps = max(1, int(seconds * max(workers, 1) / per_clip / len(one.items)))
+    reps = max(1, round(seconds * max(workers, 1) / (time.perf_counter() - t0) / len(one.items)))
     ds = FullFrameClips(extracted, frames_dir, clip, crop, reps)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=True)
-    crops, t0 = 0, None
-    for b in dl:
-        if t0 is None:
-            t0 = time.perf_counter()
-            continue
-        crops += b.shape[0] * b.shape[1] * b.shape[2]
-    return crops / (time.perf_counter() - t0)
+
+    def epoch():
+        dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=True)
+        return sum(b.shape[0] * b.shape[1] * b.shape[2] for b in dl)
+
+    return timed(epoch)
 
 
 def main_bench() -> None:
@@ -210,28 +232,38 @@ def main_bench() -> None:
 
     torch.set_num_threads(1)
     load0 = os.getloadavg()[0]
-    runs = {(p, m): [] for p in (1, 2) for m in ("loader", "decode", "baseline")}
+    methods = ("loader", "decode", "baseline")
+    runs = {(p, m): [] for p in (1, 2) for m in methods}
     for r in range(args.rounds):
         for p in (1, 2):
             runs[p, "decode"].append(bench_decode(jpegs, p, args.seconds))
             runs[p, "loader"].append(bench_loader(shards, p, args.batch, args.seconds))
             runs[p, "baseline"].append(bench_baseline(extracted, frames_dir, args.clip, args.crop, p, args.batch,
                                                       args.seconds))
-            print(f"round {r + 1}, {p} processes: " + ", ".join(f"{m} {runs[p, m][-1]:.0f}"
-                                                               for m in ("loader", "decode", "baseline")),
-                  file=sys.stderr, flush=True)
-    med = {k: float(np.median(v)) for k, v in runs.items()}
+            print(f"round {r + 1}, {p} processes: " + ", ".join(
+                f"{m} {runs[p, m][-1].rate:.0f}/s ({runs[p, m][-1].per_cpu:.0f}/CPU-s)" for m in methods),
+                file=sys.stderr, flush=True)
     sizes = np.array([len(j) for j in jpegs])
-    print(f"\n{len(jpegs)} crops of {args.crop}x{args.crop} px in {args.clip}-frame clips, mean JPEG "
-          f"{sizes.mean() / 1e3:.1f} kB; full frames 1000x1000/1002 (mean file "
+    print(f"\n{len(jpegs)} crops of {args.crop}x{args.crop} px in {args.clip}-frame clips (mean JPEG "
+          f"{sizes.mean() / 1e3:.1f} kB); full frames 1000x1000/1002 (mean file "
           f"{np.mean([p.stat().st_size for p in frames_dir.rglob('*.jpg')]) / 1e3:.0f} kB); batch {args.batch}; "
-          f"{os.cpu_count()} CPUs; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; median of {args.rounds} "
-          f"runs of {args.seconds:g} s\n")
-    print("| processes | loader crops/s | decode limit crops/s | baseline crops/s | loader / decode | loader / baseline |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"{os.cpu_count()} CPUs, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; median of {args.rounds} "
+          f"rounds of {args.seconds:g} s runs\n")
+
+    def med(p, m, attr):
+        return float(np.median([getattr(x, attr) for x in runs[p, m]]))
+
+    def ratio(p, a, b, attr):       # per-round ratio of runs taken back to back, then the median
+        return float(np.median([getattr(x, attr) / getattr(y, attr) for x, y in zip(runs[p, a], runs[p, b])]))
+
+    print("| processes | loader crops/s | decode limit crops/s | baseline crops/s | loader / decode | "
+          "loader / baseline | loader / decode per CPU-s | loader / baseline per CPU-s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in (1, 2):
-        ldr, dec, base = med[p, "loader"], med[p, "decode"], med[p, "baseline"]
-        print(f"| {p} | {ldr:.0f} | {dec:.0f} | {base:.0f} | {ldr / dec:.2f}x | {ldr / base:.1f}x |")
+        print(f"| {p} | {med(p, 'loader', 'rate'):.0f} | {med(p, 'decode', 'rate'):.0f} | "
+              f"{med(p, 'baseline', 'rate'):.0f} | {ratio(p, 'loader', 'decode', 'rate'):.2f}x | "
+              f"{ratio(p, 'loader', 'baseline', 'rate'):.1f}x | {ratio(p, 'loader', 'decode', 'per_cpu'):.2f}x | "
+              f"{ratio(p, 'loader', 'baseline', 'per_cpu'):.1f}x |")
 
 
 if __name__ == "__main__":
