@@ -225,11 +225,13 @@ def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_see
         _fail(str(e))
     plan = plan_clips(cfg)
     console = _console()
-    console.print(f"shard {extracted} -> {out}: {split} split ({','.join(cfg.chosen_subjects)}), {len(plan[0])} "
-                  f"clips of {frames} frames every {cfg.step} from {len(plan[1])} sequences, tail {tail}, "
+    console.print(f"shard {extracted} -> {out}: {split} split ({','.join(cfg.chosen_subjects)}), {len(plan.clips)} "
+                  f"clips of {frames} frames every {cfg.step} from {len(plan.sequences)} sequences, tail {tail}, "
                   f"shards <= {shard_mb:g} MB", soft_wrap=True, markup=False)
+    for path, reason in plan.skipped.items():
+        click.echo(f"skipped {path}: {reason}", err=True)
     with _progress(console) as progress:
-        task = progress.add_task("clips", total=len(plan[0]))
+        task = progress.add_task("clips", total=len(plan.clips))
         res = write_shards(cfg, on_progress=lambda ev: progress.update(task, completed=ev.clips), plan=plan)
     size = sum(e["bytes"] for e in res.shards)
     console.print(f"[green]done[/]: {res.samples} clips from {res.sequences} sequences in {len(res.shards)} shards "

@@ -271,31 +271,63 @@ def clip_starts(rows: int, frames: int, stride: int, tail: str) -> list[tuple[in
     return out
 
 
-def plan_clips(cfg: ShardConfig) -> tuple[list[ClipRef], list[str]]:
-    """Every clip of the chosen subjects in shard order (seeded shuffle), and the sequence files they come from."""
-    from .extracted import list_sequences, read_meta
+@dataclass
+class ShardPlan:
+    """What `write_shards` will write: the clips in shard order, the sequence files they come from, and the files
+    left out because they cannot be read (path -> reason)."""
+    clips: list[ClipRef]
+    sequences: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _check_sequence(path: Path):
+    """The SequenceMeta of a sequence file whose footer, schema and row count are sound; H36MError otherwise."""
+    import pyarrow.parquet as pq
+
+    from .extracted import read_meta
+
+    if not path.is_file():
+        raise H36MError(path, "listed in manifest.json but missing")
+    try:
+        meta = read_meta(path)
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:          # pyarrow raises assorted errors on damaged files
+        raise H36MError(path, f"not a readable extracted sequence ({type(e).__name__}: {e})") from None
+    if rows != meta.frames:
+        raise H36MError(path, f"holds {rows} rows, its metadata says {meta.frames}")
+    if len(meta.camera_params) != len(meta.cameras):
+        raise H36MError(path, f"has camera_params for {len(meta.camera_params)} of {len(meta.cameras)} cameras")
+    return meta
+
+
+def plan_clips(cfg: ShardConfig) -> ShardPlan:
+    """Every clip of the chosen subjects in shard order (seeded shuffle). Sequence files that cannot be read are left
+    out and listed; no readable sequence at all is an H36MError."""
+    from .extracted import list_sequences
 
     try:
         paths = list_sequences(cfg.extracted, set(cfg.chosen_subjects))
-    except FileNotFoundError as e:
-        raise H36MError(cfg.extracted, "no manifest.json; is this the output of `h36m extract`?") from e
-    except (ValueError, KeyError) as e:
+    except FileNotFoundError:
+        raise H36MError(cfg.extracted, "no manifest.json; is this the output of `h36m extract`?") from None
+    except (ValueError, KeyError, TypeError) as e:
         raise H36MError(Path(cfg.extracted) / "manifest.json", f"unreadable manifest ({e})") from None
     if not paths:
         raise H36MError(cfg.extracted, f"no extracted sequences of subjects {','.join(cfg.chosen_subjects)}")
-    clips = []
+    clips, good, skipped = [], [], {}
     for p in paths:
-        if not p.is_file():
-            raise H36MError(p, "listed in manifest.json but missing")
         try:
-            meta = read_meta(p)
-        except Exception as e:
-            raise H36MError(p, f"not a readable extracted sequence ({e})") from None
+            meta = _check_sequence(p)
+        except H36MError as e:
+            skipped[str(p)] = e.problem
+            continue
+        good.append(str(p))
         clips += [ClipRef(str(p), s, n) for s, n in clip_starts(meta.frames, cfg.frames, cfg.step, cfg.tail)]
+    if not good:
+        raise H36MError(paths[0], f"no readable sequence ({skipped[str(paths[0])]})")
     if cfg.shuffle_seed is not None:
         order = np.random.default_rng(cfg.shuffle_seed).permutation(len(clips))
         clips = [clips[i] for i in order]
-    return clips, [str(p) for p in paths]
+    return ShardPlan(clips, good, skipped)
 
 
 # ----------------------------------------------------------------------------------------- reading clip rows
@@ -327,10 +359,13 @@ class _RowReader:
         """(SequenceMeta, SequenceArrays) of rows [start, stop) of a sequence file."""
         from .extracted import SequenceArrays
 
-        meta, pf, ends = self._open(path)
-        first = int(np.searchsorted(ends, start, side="right"))
-        last = int(np.searchsorted(ends, stop - 1, side="right"))
-        table = pf.read_row_groups(list(range(first, last + 1)))
+        try:
+            meta, pf, ends = self._open(path)
+            first = int(np.searchsorted(ends, start, side="right"))
+            last = int(np.searchsorted(ends, stop - 1, side="right"))
+            table = pf.read_row_groups(list(range(first, last + 1)))
+        except Exception as e:          # a file damaged after planning: name it, one line
+            raise H36MError(path, f"cannot read rows {start}-{stop - 1} ({type(e).__name__}: {e})") from None
         offset = start - (int(ends[first - 1]) if first else 0)
         table = table.slice(offset, stop - start)
         T, V = table.num_rows, len(meta.cameras)
@@ -369,9 +404,6 @@ def iter_clips(refs: list[ClipRef], frames: int) -> Iterator[Clip]:
     reader = _RowReader()
     for ref in refs:
         meta, arrays = reader.read(ref.path, ref.start, ref.start + ref.real)
-        if len(meta.camera_params) != len(meta.cameras):
-            raise H36MError(ref.path, f"has camera_params for {len(meta.camera_params)} of "
-                                      f"{len(meta.cameras)} cameras")
         yield make_clip(meta, arrays, frames)
 
 
@@ -394,6 +426,7 @@ class ShardResult:
     sequences: int
     resumed_shards: int = 0
     removed: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)   # unreadable sequence file -> reason
 
 
 def index_path(out: str | Path, split: str) -> Path:
@@ -419,7 +452,7 @@ def _write_clips(cfg: ShardConfig, refs: list[ClipRef], pos: int, done: list[dic
     for i, clip in enumerate(iter_clips(refs[pos:], cfg.frames), start=pos):
         members = encode_clip(clip)
         size = sum(_member_bytes(len(d)) for _, d in members)
-        if writer is not None and writer.samples and writer.bytes + size > limit:
+        if writer is not None and writer.samples and writer.bytes + size + tarfile.RECORDSIZE > limit:
             done.append({**writer.close(), "clips_end": i})
             save_journal()
             writer = None
@@ -438,10 +471,11 @@ def _write_clips(cfg: ShardConfig, refs: list[ClipRef], pos: int, done: list[dic
 
 
 def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] | None = None,
-                 plan: tuple[list[ClipRef], list[str]] | None = None) -> ShardResult:
+                 plan: ShardPlan | None = None) -> ShardResult:
     """Write the split's shards and index under `cfg.out` (`plan`: from plan_clips(cfg), computed if None);
     resumes from a journal left by a killed run."""
-    refs, sequences = plan or plan_clips(cfg)
+    plan = plan or plan_clips(cfg)
+    refs, sequences = plan.clips, plan.sequences
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     journal = out / f".{cfg.split}-journal.json"
@@ -490,7 +524,7 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
         if m and m.group("split") == cfg.split and p.name not in names:
             p.unlink()      # a stale shard of an earlier run with other options
             removed.append(p.name)
-    return ShardResult(cfg.split, ipath, shards, index["samples"], len(sequences), resumed, removed)
+    return ShardResult(cfg.split, ipath, shards, index["samples"], len(sequences), resumed, removed, plan.skipped)
 
 
 # ----------------------------------------------------------------------------------------- reading shards

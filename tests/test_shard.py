@@ -166,6 +166,21 @@ def test_killed_run_resumes_to_the_same_shards(extracted, shards, tmp_path):
     assert not list(out.glob(".*")) and not list(out.glob("*.tmp"))
 
 
+def test_unreadable_sequence_files_are_left_out_and_named(extracted, tmp_path):
+    ext = tmp_path / "extracted"
+    shutil.copytree(extracted, ext)
+    bad = ext / "S9" / "Eating_1.parquet"
+    bad.write_bytes(bad.read_bytes()[:5000])                       # a damaged sequence file
+    res = run_cli("shard", ext, tmp_path / "out", "--frames", FRAMES, "--split", "test")
+    assert res.exit_code == 0, res.output
+    assert f"skipped {bad}: not a readable extracted sequence" in res.output
+    keys = [c.key for _, c in _samples(tmp_path / "out", "test")]
+    assert len(keys) == 5 and all(k.startswith("S11/") for k in keys)
+    (ext / "S11" / "Directions.parquet").unlink()                  # nothing readable left: one line, exit 1
+    res = run_cli("shard", ext, tmp_path / "out2", "--frames", FRAMES, "--split", "test")
+    assert res.exit_code == 1 and "no readable sequence" in res.output and "Traceback" not in res.output
+
+
 def test_stale_shards_of_an_earlier_run_are_removed(extracted, tmp_path):
     write_shards(ShardConfig(extracted, tmp_path, frames=FRAMES, split="train", shard_mb=SHARD_MB))
     before = sorted(p.name for p in tmp_path.glob("train-*.tar"))
