@@ -1,6 +1,6 @@
 """Benchmark of `h36m extract` against its baselines, measured in one run on the same synthetic videos.
 
-    .venv/bin/python bench/bench_extract.py [--scale 1.0] [--frames 100] [--sequences 1] [--repeat 3] [--work DIR]
+    .venv/bin/python bench/bench_extract.py [--scale 1.0] [--frames 100] [--noise 3] [--repeat 3] [--work DIR]
 
 Measures (best of --repeat, one worker / one decoder thread each, so the numbers are per core):
   bare decode     ffmpeg decoding every video to null (h36m_tools.video.decode_to_null): the speed limit;
@@ -49,6 +49,8 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="synthetic video scale (1.0 = real 1000x1000)")
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--sequences", type=int, default=1)
+    ap.add_argument("--noise", type=float, default=3.0, help="synthetic sensor noise (grey levels; synth's default "
+                    "3): more noise, more bits per frame, costlier decoding, as in real camera footage")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--quality", type=int, default=90)
     ap.add_argument("--repeat", type=int, default=3)
@@ -67,11 +69,12 @@ def main(argv=None) -> None:
 
     cv2.setNumThreads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_extract_"))
-    raw = work / f"raw_scale{args.scale}_f{args.frames}_s{args.sequences}"
+    noise = "" if args.noise == 3.0 else f"_noise{args.noise:g}"
+    raw = work / f"raw_scale{args.scale}_f{args.frames}_s{args.sequences}{noise}"
     if not raw.is_dir():
         t = time.perf_counter()
         run_synth(SynthConfig(out=raw, subjects=("S1",), sequences_per_subject=args.sequences, frames=args.frames,
-                              scale=args.scale, quirks=False, workers=2))
+                              scale=args.scale, quirks=False, noise=args.noise, workers=2))
         print(f"synth: {time.perf_counter() - t:.1f} s -> {raw}", file=sys.stderr)
     videos = sorted(raw.glob("S*/Videos/*.mp4"))
     n_frames = sum(sum(1 for _ in video.iter_frames(v)) for v in videos)

@@ -89,22 +89,28 @@ def crop_bgr(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
 def crop_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """The (size, size, 3) BGR crop of `box` from a planar 4:2:0 frame: y (H, W), u and v (ceil(H/2), ceil(W/2)).
 
-    Each plane is warped straight to the crop (chroma upsampled by the same bilinear warp) and converted with
-    BT.601 limited range, so no full-size BGR frame is ever made. Black (Y 16, U V 128) outside the frame.
+    Each plane is warped straight to the crop (Y at size x size; U and V at half that, then bilinearly upsampled,
+    for even sizes; at full size for odd ones) and converted with BT.601 limited range, as ffmpeg does for untagged
+    video: no full-size BGR frame is ever made. Black (Y 16, U V 128) outside the frame.
     """
     import cv2
 
     m = crop_matrix(box, size)
     x0, y0 = float(box[0]), float(box[1])
     sx, sy = m[0, 0], m[1, 1]
-    # chroma sample (i, j) sits at luma (2i + ox, 2j + oy): crop = s * (2 * chroma + o - box origin)
-    ox, oy = CHROMA_SITING
-    mc = np.array([[2 * sx, 0.0, sx * (ox - x0)], [0.0, 2 * sy, sy * (oy - y0)]])
+    ox, oy = CHROMA_SITING           # chroma sample i sits at luma 2i + o
     flags, border = cv2.INTER_LINEAR, cv2.BORDER_CONSTANT
-    yuv = cv2.merge([cv2.warpAffine(y, m, (size, size), flags=flags, borderMode=border, borderValue=16),
-                     cv2.warpAffine(u, mc, (size, size), flags=flags, borderMode=border, borderValue=128),
-                     cv2.warpAffine(v, mc, (size, size), flags=flags, borderMode=border, borderValue=128)])
-    return cv2.transform(yuv, YUV_TO_BGR)
+    if size % 2 == 0:                # chroma crop sample j covers crop luma 2j, 2j+1: centre 2j + 0.5
+        mc = np.array([[sx, 0.0, (sx * (ox - x0) - 0.5) / 2], [0.0, sy, (sy * (oy - y0) - 0.5) / 2]])
+        csize = (size // 2, size // 2)
+    else:                            # chroma crop sample j at crop luma j
+        mc = np.array([[2 * sx, 0.0, sx * (ox - x0)], [0.0, 2 * sy, sy * (oy - y0)]])
+        csize = (size, size)
+    planes = [cv2.warpAffine(y, m, (size, size), flags=flags, borderMode=border, borderValue=16)]
+    for c in (u, v):
+        p = cv2.warpAffine(c, mc, csize, flags=flags, borderMode=border, borderValue=128)
+        planes.append(p if csize[0] == size else cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR))
+    return cv2.transform(cv2.merge(planes), YUV_TO_BGR)
 
 
 def decode_region(boxes: np.ndarray, width: int, height: int, pad: int = 4) -> tuple[int, int, int, int]:

@@ -86,11 +86,15 @@ def _pose_views(files: SequenceFiles, world17: np.ndarray, cameras: dict[str, Ca
         cam3d = world_to_camera(world17, cam.extrinsics.R, cam.extrinsics.t)
         if cid in files.d3_mono:
             mono = to17(read_pose(files.d3_mono[cid], 3))
+            if not np.isfinite(mono).all():
+                raise H36MError(files.d3_mono[cid], "non-finite joint values")
             _check_close(files.d3_mono[cid], cam3d, mono, cfg.mono_tolerance_mm,
                          "D3_Positions_mono differs from D3_Positions through the camera", "mm")
             cam3d = mono
         if cid in files.d2:
             d2 = to17(read_pose(files.d2[cid], 2))
+            if not np.isfinite(d2).all():
+                raise H36MError(files.d2[cid], "non-finite joint values")
             _check_close(files.d2[cid], proj, d2, cfg.d2_tolerance_px,
                          "D2_Positions differ from the projection of D3_Positions", "px")
             proj = d2
@@ -279,6 +283,9 @@ def _extract(files: SequenceFiles, cfg: ExtractConfig, cs: CameraSet, source: st
         raise Skip(Path(files.root) / files.subject / "MyPoseFeatures" / "D3_Positions" / f"{files.name}.cdf",
                    "no poses (file not found)")
     world17 = to17(read_pose(files.d3, 3))
+    bad = np.flatnonzero(~np.isfinite(world17).all(axis=(1, 2)))
+    if bad.size:
+        raise H36MError(files.d3, f"{bad.size} rows with non-finite joints (first: row {bad[0]})")
     views = _open_views(files, cs, cfg, source)
     j2d, j3d = _pose_views(files, world17, views.cameras, cfg)
     n_pose = min([len(world17)] + [len(a) for a in j2d.values()] + [len(a) for a in j3d.values()])
