@@ -1,0 +1,328 @@
+"""`h36m evaluate`: a trained run on test shards -> 2-D and 3-D metrics per canonical action, and a report.
+
+    from pipelines.evaluate import EvalConfig, evaluate
+    report = evaluate(EvalConfig(run="runs/lift", shards="SH/test-*.tar"))
+
+What is measured (h36m_tools.metrics for the definitions), on every (view, frame) of the test clips (S9, S11;
+all cameras; frames covered by several overlapping clips counted once; padded frames never):
+  * rows ("methods") of the 3-D tables, MPJPE (protocol #1), P-MPJPE (#2), N-MPJPE and MPJVE, in mm:
+      Mean pose      the training set's mean root-relative 3-D pose (camera frame), every frame (baseline)
+      Lifter, GT 2-D the run's lifter on the ground-truth 2-D joints of the crops
+      Ours           the run's 2-D network, then its lifter on the predicted 2-D joints
+    per canonical action (frames pooled over subactions and subjects), "Avg" = the unweighted mean of the action
+    errors (the published tables' convention), "All" = the mean over all frames, and per subject.
+  * 2-D, in full-frame pixels: PCK@0.05/0.1/0.2 (threshold x the crop box's longer side), mean error, MSE (px^2),
+    COCO OKS AP/AR (pycocotools; sigmas h36m_tools.metrics.OKS_SIGMAS17), for the network and the mean 2-D pose of
+    the training set placed in each crop (baseline).
+  * `every` N: only frames whose source index is a multiple of N count (the network still sees whole clips);
+    MPJVE uses the velocity from the previous frame to each counted frame.
+  * `exclude_damaged`: drop the sequences of h36m_tools.names.DAMAGED; the report names the policy either way.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from h36m_tools import metrics as M
+from h36m_tools.errors import H36MError
+from h36m_tools.names import ACTIONS, DAMAGED
+
+METHODS = ("Mean pose", "Lifter, GT 2-D", "Ours")
+METRICS_3D = ("MPJPE", "P-MPJPE", "N-MPJPE", "MPJVE")
+PCK_THRESHOLDS = (0.05, 0.1, 0.2)
+CURVE_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(31))
+
+
+@dataclass
+class EvalConfig:
+    """Options of `h36m evaluate`."""
+    run: str                               # run folder (or checkpoint file)
+    shards: str | list[str]                # test shard URLs
+    out: str | None = None                 # report folder (default RUN/eval)
+    exclude_damaged: bool = False
+    every: int = 1
+    batch_size: int = 2
+    workers: int = 2
+    device: str = "auto"
+    plots: bool = True
+    clip_plots: int = 3                    # clips drawn with predicted vs true skeletons
+    coco: bool = True                      # OKS AP/AR through pycocotools
+
+
+@dataclass
+class EvalProgress:
+    """What `on_progress` receives: clips done so far (and the total when the shard index says)."""
+    clips: int
+    total: int | None
+    frames: int
+
+
+@dataclass
+class ViewClip:
+    """One view of one test clip, real (unpadded) frames only; 2-D in full-frame px, 3-D root-relative camera mm."""
+    subject: str
+    sequence: str
+    action: str
+    camera: str
+    frames: np.ndarray          # (T,) source frame indices
+    gt2d: np.ndarray            # (T, 17, 2)
+    pred2d: np.ndarray          # (T, 17, 2)
+    base2d: np.ndarray          # (T, 17, 2) the mean 2-D pose placed in the crop
+    box: np.ndarray             # (T, 4) crop box x0, y0, x1, y1
+    gt3d: np.ndarray            # (T, 17, 3)
+    pred3d: np.ndarray          # (T, 17, 3) lifter on predicted 2-D
+    pred3d_gt2d: np.ndarray     # (T, 17, 3) lifter on ground-truth 2-D
+    base3d: np.ndarray          # (T, 17, 3) mean pose
+    counted: np.ndarray         # (T,) bool: frame counted (not seen before, sampled by `every`)
+
+
+@dataclass
+class Row3D:
+    """One row of a Table-II-like table: one method, one metric (mm; MPJVE in mm/frame)."""
+    method: str
+    metric: str
+    actions: dict[str, float]   # canonical action -> error (NaN where the test set lacks the action)
+    avg: float                  # unweighted mean over the actions present
+    all_frames: float           # mean over all counted frames
+    subjects: dict[str, float]  # subject -> mean over its frames
+
+
+@dataclass
+class Row2D:
+    method: str
+    pck: dict[str, float]       # 'PCK@0.05' ... -> share of joints in [0, 1]
+    mean_px: float
+    mse_px2: float
+    ap: float
+    ar: float
+    curve: list[float] = field(default_factory=list)   # PCK at CURVE_THRESHOLDS
+
+
+@dataclass
+class ClipPlot:
+    """What the clip figures draw: the middle frame of a clip, per view."""
+    key: str
+    images: np.ndarray          # (V, H, W, 3) uint8 crops
+    gt2d: np.ndarray            # (V, 17, 2) crop px
+    pred2d: np.ndarray          # (V, 17, 2) crop px
+    gt3d: np.ndarray            # (V, 17, 3) mm
+    pred3d: np.ndarray          # (V, 17, 3) mm
+
+
+@dataclass
+class EvalReport:
+    run: str
+    stage: str
+    shards: list[str]
+    damaged_policy: str         # 'included' or 'excluded'
+    damaged: list[str]          # the DAMAGED sequences, 'S9/Greeting' ...
+    every: int
+    frames: int                 # counted (view, frame) pairs
+    clips: int
+    subjects: list[str]
+    actions: list[str]          # actions present
+    rows3d: list[Row3D]
+    rows2d: list[Row2D]
+    oks_sigmas: list[float]
+    seconds: float
+    plots: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    clip_plots: list[ClipPlot] = field(default_factory=list, repr=False)   # drawn by write_report, not saved
+
+    def row(self, method: str, metric: str) -> Row3D:
+        return next(r for r in self.rows3d if r.method == method and r.metric == metric)
+
+
+def is_damaged(subject: str, sequence: str) -> bool:
+    return (subject, sequence.replace("_", " ")) in DAMAGED
+
+
+def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], None]] = None) -> EvalReport:
+    """Run the network of cfg.run over the test shards and compute every metric; writes nothing (see
+    pipelines.report.write_report). Raises H36MError for a missing / bad checkpoint or unreadable shards."""
+    if cfg.every < 1:
+        raise ValueError(f"--every must be >= 1, got {cfg.every}")
+    t0 = time.perf_counter()
+    views, plots, stage, urls = collect(cfg, on_progress)
+    if not any(v.counted.any() for v in views):
+        raise H36MError(urls[0] if urls else cfg.shards, "no test frames to evaluate (empty shards, or every "
+                                                         "sequence excluded)")
+    rows3d = table3d(views)
+    rows2d = table2d(views, coco=cfg.coco)
+    counted = [v for v in views if v.counted.any()]
+    report = EvalReport(
+        run=str(cfg.run), stage=stage, shards=urls, damaged_policy="excluded" if cfg.exclude_damaged else "included",
+        damaged=[f"{s}/{q}" for s, q in DAMAGED], every=cfg.every, frames=int(sum(v.counted.sum() for v in views)),
+        clips=len({(v.subject, v.sequence, int(v.frames[0])) for v in counted}),
+        subjects=sorted({v.subject for v in counted}, key=lambda s: int(s[1:])),
+        actions=[a for a in ACTIONS if any(v.action == a for v in counted)],
+        rows3d=rows3d, rows2d=rows2d, oks_sigmas=[float(s) for s in M.OKS_SIGMAS17],
+        seconds=time.perf_counter() - t0, clip_plots=plots)
+    return report
+
+
+def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[ClipPlot], str, list[str]]:
+    """Predictions for every view of every test clip: (ViewClips, clips to draw, the run's stage, shard URLs)."""
+    import torch
+
+    from .checkpoint import load_network
+    from .loader import LoaderConfig, expand_urls, make_loader
+    from .train import PoseStats, crop_size_of, normalise_images
+
+    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
+                       else "cpu")
+    net, state = load_network(cfg.run, dev)
+    stats = PoseStats.from_state(state.get("stats"))
+    if stats.count == 0:
+        raise H36MError(cfg.run, "checkpoint has no training pose statistics (mean-pose baseline)")
+    mean2d, mean3d = stats.mean2d, stats.mean3d
+    stage = state["config"]["train"].get("stage", "?")
+    try:
+        loader = make_loader(LoaderConfig(urls=cfg.shards, batch_size=cfg.batch_size, workers=cfg.workers, shuffle=0,
+                                          shuffle_shards=False, augment=False, rank=0, world_size=1,
+                                          equal_batches=False))
+    except ValueError as e:
+        raise H36MError(cfg.shards if isinstance(cfg.shards, str) else cfg.shards[0], str(e)) from None
+    urls = expand_urls(cfg.shards)
+    try:
+        total = loader.total_samples
+    except AttributeError:
+        total = None
+    seen: set[tuple[str, str, str, int]] = set()
+    views: list[ViewClip] = []
+    plots: list[ClipPlot] = []
+    drawn: set[tuple[str, str]] = set()
+    clips = 0
+    img_size = net.cfg.spatial.img_size
+    with torch.inference_mode():
+        for batch in loader:
+            crop = crop_size_of(batch)
+            mask = batch["view_mask"].bool()
+            images = normalise_images(batch["images"].to(dev), img_size)
+            pred2d01 = net(images, mask.to(dev)).joints2d.float()
+            gt2d01 = batch["pose2d"].float().to(dev) / crop
+            p3 = net.lift(pred2d01[mask.to(dev)]).float().cpu().numpy()
+            g3 = net.lift(gt2d01[mask.to(dev)]).float().cpu().numpy()
+            pred2d = pred2d01.cpu().numpy() * crop
+            cam = batch["pose3d_cam"].numpy().astype(np.float64)
+            gt3d = cam - cam[..., :1, :]
+            k = 0
+            for b, meta in enumerate(batch["meta"]):
+                real = int(meta.get("real_frames", len(meta["frames"])))
+                frames = np.asarray(meta["frames"][:real])
+                keep_clip = not (cfg.exclude_damaged and is_damaged(meta["subject"], meta["sequence"]))
+                nviews = int(mask[b].sum())
+                for v in range(nviews):
+                    camera = str(meta["cameras"][v])
+                    box = batch["box"][b, v, :real].numpy().astype(np.float64)
+                    scale = (box[:, 2] - box[:, 0]) / crop
+
+                    def full(p):  # crop px -> full-frame px (pixel centres: crop i+0.5 <-> full x+0.5)
+                        return box[:, None, :2] + (p[:real] + 0.5) * scale[:, None, None] - 0.5
+
+                    counted = np.array([keep_clip and int(f) % cfg.every == 0 and
+                                        (meta["subject"], meta["sequence"], camera, int(f)) not in seen
+                                        for f in frames])
+                    for f, c in zip(frames, counted):
+                        if c:
+                            seen.add((meta["subject"], meta["sequence"], camera, int(f)))
+                    views.append(ViewClip(
+                        subject=meta["subject"], sequence=meta["sequence"], action=meta["action"], camera=camera,
+                        frames=frames, gt2d=full(batch["pose2d"][b, v].numpy().astype(np.float64)),
+                        pred2d=full(pred2d[b, v].astype(np.float64)),
+                        base2d=full(np.broadcast_to(mean2d * crop, (real, 17, 2))), box=box,
+                        gt3d=gt3d[b, v, :real], pred3d=p3[k + v, :real].astype(np.float64),
+                        pred3d_gt2d=g3[k + v, :real].astype(np.float64),
+                        base3d=np.broadcast_to(mean3d, (real, 17, 3)).astype(np.float64), counted=counted))
+                k += nviews
+                clips += 1
+                if keep_clip and len(plots) < cfg.clip_plots and (meta["subject"], meta["action"]) not in drawn:
+                    drawn.add((meta["subject"], meta["action"]))
+                    t = real // 2
+                    base = k - nviews
+                    plots.append(ClipPlot(
+                        key=batch["key"][b],
+                        images=batch["images"][b, :nviews, t].permute(0, 2, 3, 1).numpy().copy(),
+                        gt2d=batch["pose2d"][b, :nviews, t].numpy().copy(), pred2d=pred2d[b, :nviews, t].copy(),
+                        gt3d=gt3d[b, :nviews, t].copy(), pred3d=p3[base:base + nviews, t].copy()))
+            if on_progress is not None:
+                on_progress(EvalProgress(clips, total, int(sum(v.counted.sum() for v in views))))
+    return views, plots, stage, urls
+
+
+# ----- tables ---------------------------------------------------------------------------------------------------
+
+def _frame_errors(views: list[ViewClip], pred_attr: str):
+    """Per counted frame: (action, subject, mpjpe, p_mpjpe, n_mpjpe) arrays, and MPJVE samples with labels."""
+    act, subj, e1, e2, e3 = [], [], [], [], []
+    vact, vsubj, ve = [], [], []
+    for v in views:
+        if not v.counted.any():
+            continue
+        pred, gt = getattr(v, pred_attr), v.gt3d
+        c = v.counted
+        e1.append(M.mpjpe_frames(pred[c], gt[c]))
+        e2.append(M.p_mpjpe_frames(pred[c], gt[c]))
+        e3.append(M.n_mpjpe_frames(pred[c], gt[c]))
+        act += [v.action] * int(c.sum())
+        subj += [v.subject] * int(c.sum())
+        if len(gt) > 1:
+            vel = M.mpjve_frames(pred, gt)          # sample t-1 -> t, for t = 1..T-1
+            vc = c[1:]
+            ve.append(vel[vc])
+            vact += [v.action] * int(vc.sum())
+            vsubj += [v.subject] * int(vc.sum())
+    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
+    return (np.array(act), np.array(subj), {"MPJPE": cat(e1), "P-MPJPE": cat(e2), "N-MPJPE": cat(e3)},
+            (np.array(vact), np.array(vsubj), cat(ve)))
+
+
+def _row(method: str, metric: str, actions: np.ndarray, subjects: np.ndarray, err: np.ndarray) -> Row3D:
+    per_action = {a: float(err[actions == a].mean()) if (actions == a).any() else math.nan for a in ACTIONS}
+    present = [x for x in per_action.values() if not math.isnan(x)]
+    subj = {s: float(err[subjects == s].mean()) for s in sorted(set(subjects.tolist()), key=lambda s: int(s[1:]))}
+    return Row3D(method, metric, per_action, float(np.mean(present)) if present else math.nan,
+                 float(err.mean()) if err.size else math.nan, subj)
+
+
+def table3d(views: list[ViewClip]) -> list[Row3D]:
+    """Rows of every 3-D metric for every method (METHODS order within each metric)."""
+    rows = []
+    for method, attr in zip(METHODS, ("base3d", "pred3d_gt2d", "pred3d")):
+        act, subj, errs, (vact, vsubj, ve) = _frame_errors(views, attr)
+        for metric in METRICS_3D[:3]:
+            rows.append(_row(method, metric, act, subj, errs[metric]))
+        rows.append(_row(method, "MPJVE", vact, vsubj, ve))
+    order = {m: i for i, m in enumerate(METRICS_3D)}
+    return sorted(rows, key=lambda r: (order[r.metric], METHODS.index(r.method)))
+
+
+def table2d(views: list[ViewClip], coco: bool = True) -> list[Row2D]:
+    """2-D rows for the mean-pose baseline and the network (full-frame px)."""
+    counted = [v for v in views if v.counted.any()]
+    gt = np.concatenate([v.gt2d[v.counted] for v in counted])
+    box = np.concatenate([v.box[v.counted] for v in counted])
+    norm = M.box_max_side(box)
+    rows = []
+    for method, attr in (("Mean pose", "base2d"), ("Ours", "pred2d")):
+        pred = np.concatenate([getattr(v, attr)[v.counted] for v in counted])
+        ap, ar = M.oks_ap_ar(pred, gt, box) if coco else (math.nan, math.nan)
+        rows.append(Row2D(method, {f"PCK@{t:g}": M.pck(pred, gt, t, norm) for t in PCK_THRESHOLDS},
+                          M.mean_error_2d(pred, gt), M.mse_2d(pred, gt), ap, ar,
+                          [M.pck(pred, gt, t, norm) for t in CURVE_THRESHOLDS]))
+    return rows
+
+
+def default_out(cfg: EvalConfig) -> Path:
+    run = Path(cfg.run)
+    return Path(cfg.out) if cfg.out else (run if run.is_dir() else run.parent) / "eval"
+
+
+__all__ = ["EvalConfig", "EvalReport", "EvalProgress", "Row3D", "Row2D", "ViewClip", "ClipPlot", "evaluate",
+           "collect", "table3d", "table2d", "is_damaged", "default_out", "METHODS", "METRICS_3D",
+           "CURVE_THRESHOLDS"]

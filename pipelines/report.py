@@ -1,0 +1,165 @@
+"""The evaluation report: JSON, CSV and Markdown files, rich tables laid out like the paper's Table II, plots.
+
+Files written by `write_report(report, out)` (each atomically):
+    results.json   everything: settings (damaged-sequence policy, frame sampling, OKS sigmas), 3-D rows, 2-D rows
+    results.csv    one line per (table, method, metric): table, method, metric, 15 actions, Avg, All, S9, S11, ...
+    results.md     the tables in Markdown, with the settings above them
+    plots/         per_action.png, pck.png, clip_*.png (pipelines.plots)
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from h36m_tools.names import ACTIONS
+
+from .evaluate import METHODS, METRICS_3D, EvalReport
+
+#: Column headers of the action columns (the published tables' short forms).
+SHORT = {"Directions": "Dir.", "Discussion": "Disc.", "Eating": "Eat", "Greeting": "Greet", "Phoning": "Phone",
+         "Photo": "Photo", "Posing": "Pose", "Purchases": "Purch.", "Sitting": "Sit", "SittingDown": "SitD.",
+         "Smoking": "Smoke", "Waiting": "Wait", "WalkDog": "WalkD.", "Walking": "Walk", "WalkTogether": "WalkT."}
+TITLES = {"MPJPE": "Protocol #1: MPJPE (mm)", "P-MPJPE": "Protocol #2: P-MPJPE (mm)",
+          "N-MPJPE": "N-MPJPE (mm)", "MPJVE": "MPJVE (mm/frame)"}
+
+
+def settings_lines(r: EvalReport) -> list[str]:
+    """The settings every report states: data, damaged-sequence policy, frame sampling, averaging."""
+    return [
+        f"Run: {r.run} (stage {r.stage}); test subjects {', '.join(r.subjects)}; {r.clips} clips, "
+        f"{r.frames} (view, frame) pairs, all cameras, 17 joints.",
+        f"Damaged sequences ({', '.join(r.damaged)}): {r.damaged_policy}.",
+        f"Frame sampling: {'every frame' if r.every == 1 else f'every {r.every}-th frame (source index % {r.every} == 0)'}"
+        f"; frames covered by overlapping clips counted once.",
+        "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
+        "Per action: frames pooled over subactions and subjects. Actions absent from the test data: '-'.",
+        "2-D in full-frame px: PCK@a = joints within a x the crop box's longer side; OKS AP/AR via pycocotools with "
+        f"per-joint sigmas {', '.join(f'{s:g}' for s in r.oks_sigmas)} (H36M defines none: COCO's for the same parts).",
+    ]
+
+
+def to_json(r: EvalReport) -> str:
+    d = dataclasses.asdict(r)
+    d.pop("clip_plots", None)
+    return json.dumps(_nan_to_none(d), indent=2) + "\n"
+
+
+def to_csv(r: EvalReport) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    subjects = r.subjects
+    w.writerow(["table", "method", "metric"] + list(ACTIONS) + ["Avg", "All"] + subjects)
+    for row in r.rows3d:
+        w.writerow(["3d", row.method, row.metric] + [_num(row.actions[a]) for a in ACTIONS]
+                   + [_num(row.avg), _num(row.all_frames)] + [_num(row.subjects.get(s, math.nan)) for s in subjects])
+    w.writerow([])
+    w.writerow(["table", "method", "metric", "value"])
+    for row in r.rows2d:
+        for k, v in list(row.pck.items()) + [("mean_px", row.mean_px), ("mse_px2", row.mse_px2), ("AP", row.ap),
+                                             ("AR", row.ar)]:
+            w.writerow(["2d", row.method, k, _num(v)])
+    return buf.getvalue()
+
+
+def to_markdown(r: EvalReport) -> str:
+    lines = ["# Evaluation", ""] + [f"- {x}" for x in settings_lines(r)] + [""]
+    head = ["Method"] + [SHORT[a] for a in ACTIONS] + ["Avg", "All"]
+    for metric in METRICS_3D:
+        lines += [f"## {TITLES[metric]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for method in METHODS:
+            row = r.row(method, metric)
+            cells = [_cell(row.actions[a]) for a in ACTIONS] + [_cell(row.avg), _cell(row.all_frames)]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        subj = " · ".join(f"{m}: " + ", ".join(f"{s} {_cell(v)}" for s, v in r.row(m, metric).subjects.items())
+                          for m in METHODS)
+        lines += ["", f"Per subject: {subj}", ""]
+    lines += ["## 2-D (full-frame px)", "", "| Method | " + " | ".join(r.rows2d[0].pck) + " | Mean (px) | MSE (px²) | "
+              "AP | AR |", "|---|" + "---|" * (len(r.rows2d[0].pck) + 4)]
+    for row in r.rows2d:
+        lines.append(f"| {row.method} | " + " | ".join(f"{v:.3f}" for v in row.pck.values())
+                     + f" | {_cell(row.mean_px, 2)} | {_cell(row.mse_px2, 1)} | {_cell(row.ap, 3)} | {_cell(row.ar, 3)} |")
+    if r.plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({os.path.relpath(p, Path(r.files[0]).parent) if r.files else p})"
+                                         for p in r.plots]
+    return "\n".join(lines) + "\n"
+
+
+def rich_tables(r: EvalReport) -> list:
+    """rich renderables: one Table-II-like table per 3-D metric and the 2-D table (the CLI prints them)."""
+    from rich.table import Table
+
+    out = []
+    for metric in ("MPJPE", "P-MPJPE"):
+        t = Table(title=TITLES[metric], title_justify="left", pad_edge=False, padding=(0, 1))
+        t.add_column("Method", no_wrap=True)
+        for a in ACTIONS:
+            t.add_column(SHORT[a], justify="right")
+        t.add_column("Avg", justify="right", style="bold")
+        for method in METHODS:
+            row = r.row(method, metric)
+            t.add_row(method, *[_cell(row.actions[a], 0) for a in ACTIONS], _cell(row.avg))
+        out.append(t)
+    t = Table(title="Other 3-D metrics (Avg over actions / all frames)", title_justify="left")
+    t.add_column("Method")
+    for metric in METRICS_3D:
+        t.add_column(metric, justify="right")
+    for method in METHODS:
+        t.add_row(method, *[f"{_cell(r.row(method, m).avg)} / {_cell(r.row(method, m).all_frames)}" for m in METRICS_3D])
+    out.append(t)
+    t = Table(title="2-D (full-frame px)", title_justify="left")
+    t.add_column("Method")
+    for k in r.rows2d[0].pck:
+        t.add_column(k, justify="right")
+    for k in ("Mean px", "MSE px²", "AP", "AR"):
+        t.add_column(k, justify="right")
+    for row in r.rows2d:
+        t.add_row(row.method, *[f"{v:.3f}" for v in row.pck.values()], _cell(row.mean_px, 2), _cell(row.mse_px2, 1),
+                  _cell(row.ap, 3), _cell(row.ar, 3))
+    out.append(t)
+    return out
+
+
+def write_report(r: EvalReport, out: str | os.PathLike, plots: bool = True) -> EvalReport:
+    """Write results.json/.csv/.md (and the plots) into `out`; fills r.files and r.plots; returns r."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if plots:
+        from .plots import plot_clip, plot_pck, plot_per_action
+
+        pdir = out / "plots"
+        r.plots = [str(plot_per_action(r, pdir / "per_action.png")), str(plot_pck(r, pdir / "pck.png"))]
+        for c in r.clip_plots:
+            r.plots.append(str(plot_clip(c, pdir / f"clip_{c.key.replace('/', '_')}.png")))
+    r.files = [str(out / n) for n in ("results.json", "results.csv", "results.md")]
+    for name, text in (("results.csv", to_csv(r)), ("results.md", to_markdown(r)), ("results.json", to_json(r))):
+        _atomic_write(out / name, text)
+    return r
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _num(v: float) -> str:
+    return "" if v is None or math.isnan(v) else f"{v:.4f}"
+
+
+def _cell(v: float, digits: int = 1) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _nan_to_none(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
