@@ -369,5 +369,55 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
         console.print(f"run {result.run}: step {result.steps}/{result.total_steps}, {state}")
 
 
+def _print_report(console, report):
+    from pipelines.report import rich_tables, settings_lines
+
+    for table in rich_tables(report):
+        console.print(table)
+    for line in settings_lines(report)[1:3]:
+        console.print(line, soft_wrap=True, markup=False)
+    if report.files:
+        console.print(f"report: {', '.join(report.files)}", soft_wrap=True, markup=False)
+    if report.plots:
+        console.print(f"plots: {Path(report.plots[0]).parent}/ ({len(report.plots)} PNG)", soft_wrap=True,
+                      markup=False)
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder (or checkpoint file) of h36m train.")
+@click.option("--shards", required=True, help="Test shard URLs (S9/S11), e.g. 'SH/test-*.tar'.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Report folder [default: RUN/eval].")
+@click.option("--exclude-damaged", is_flag=True, help="Leave out the test sequences with damaged ground truth "
+              "(S9 Greeting, SittingDown 1, Waiting 1).")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(1), help="Count every N-th frame only.")
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
+def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, device, no_plots):
+    """Evaluate a run on test shards: 2-D PCK/AP/AR and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action, with a
+    mean-pose baseline; prints Table-II-like tables, writes results.json/.csv/.md and plots."""
+    from pipelines.evaluate import EvalConfig, default_out
+    from pipelines.evaluate import evaluate as run_eval
+    from pipelines.report import write_report
+
+    console = _console()
+    cfg = EvalConfig(run=str(run_dir), shards=shards, out=str(out) if out else None, exclude_damaged=exclude_damaged,
+                     every=every, batch_size=batch_size, workers=workers, device=device, plots=not no_plots)
+    try:
+        with _progress(console) as progress:
+            task = progress.add_task("test clips", total=None)
+            report = run_eval(cfg, on_progress=lambda e: progress.update(task, completed=e.clips, total=e.total))
+    except ValueError as e:
+        from h36m_tools.errors import H36MError
+
+        if isinstance(e, H36MError):
+            raise
+        _fail(str(e))
+    write_report(report, default_out(cfg), plots=cfg.plots)
+    _print_report(console, report)
+
+
 if __name__ == "__main__":
     main()
