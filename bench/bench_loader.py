@@ -45,7 +45,7 @@ def prepare(args) -> tuple[Path, Path, Path]:
     def cli(*a):
         res = CliRunner().invoke(main, [str(x) for x in a])
         if res.exit_code:
-            raise SystemExit(f"h36m {' '.join(map(str, a))} failed:\n{res.output}")
+            raise SystemExit(f"h36m {' '.join(map(str, a))} failed:\n{res.output}{res.exception!r}")
 
     if not (release / "S9").is_dir():
         print(f"synth {release} (scale {args.scale}, {args.frames} frames; once)", file=sys.stderr)
