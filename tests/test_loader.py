@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures_shard import FRAMES, extracted, shards  # noqa: F401  (fixtures)
+from fixtures_shard import FRAMES, extracted, shards  # noqa: F401  (fixtures; realdata comes from conftest)
 from pipelines.loader import (LoaderConfig, ShardWarning, Unit, expand_urls, make_loader, plan_batches, plan_rank,
                               shard_counts)
 from pipelines.shard import decode_sample, iter_tar_samples
@@ -246,6 +246,28 @@ def _reference_images(folder: Path, split: str = "train") -> dict[str, np.ndarra
 
     return {raw["__key__"]: decode_chw(decode_sample(raw)).images
             for p in sorted(folder.glob(f"{split}-*.tar")) for raw in iter_tar_samples(p)}
+
+
+def test_flipped_real_cameras_project_mirrored_real_joints(realdata):
+    """On the real H36M frames: the mirrored world joints through the flipped real cameras (real extrinsics,
+    intrinsics and distortion) land on the mirror image of the real 2-D annotations."""
+    from h36m_tools.cameras import Camera, bundled
+    from h36m_tools.skeleton import FLIP17
+    from pipelines.augment import MIRROR, flip_camera
+
+    coco = json.loads((realdata / "mmpose_h36m" / "h36m_coco.json").read_text())
+    images = {im["id"]: im for im in coco["images"]}
+    for ann in coco["annotations"]:
+        im = images[ann["image_id"]]
+        subject, cam_id = im["file_name"].split("_")[0], im["file_name"].split(".")[1].split("_")[0]
+        cam = bundled().camera(subject, cam_id)
+        world = np.asarray(ann["keypoints_3d"], float).reshape(17, 4)[:, :3] * 1000
+        part = np.asarray(ann["keypoints"], float).reshape(17, 3)[:, :2]
+        assert np.abs(cam.project(world) - part).max() < 1e-3                       # the real camera as it is
+        flipped = Camera.from_dict(flip_camera(cam.to_dict()))
+        mirrored = part[FLIP17].copy()
+        mirrored[:, 0] = cam.intrinsics.width - mirrored[:, 0]
+        np.testing.assert_allclose(flipped.project(world[FLIP17] @ MIRROR), mirrored, atol=1e-3)
 
 
 def test_augmenting_loader_flips_whole_samples(shards):
