@@ -28,6 +28,7 @@ from h36m_tools.skeleton import to17
 from . import extract_store as store
 from .extract_plan import ExtractConfig, Plan, PlannedSequence, load_cameras, make_plan
 from .extracted import SequenceArrays, SequenceMeta, sequence_path, write_sequence
+from .spool import Spool
 
 
 BUNDLED_CAMERAS = "h36m_tools/data/cameras.json"
@@ -140,52 +141,6 @@ def _crop_video(video: Path, camera: Camera, boxes: np.ndarray, cfg: ExtractConf
     return n
 
 
-class _Spool:
-    """A sequence's JPEG crops, camera after camera, in an unlinked temp file next to the output instead of memory
-    (a real sequence has up to 6349 frames x 4 views); read back a row group at a time by `write_sequence`."""
-
-    def __init__(self, folder: Path):
-        import tempfile
-
-        folder.mkdir(parents=True, exist_ok=True)
-        self.file = tempfile.TemporaryFile(dir=folder, prefix=".spool-")
-        self.index: dict[str, list[tuple[int, int]]] = {}
-        self.end = 0
-
-    def put(self, camera: str, data: bytes) -> None:
-        self.file.write(data)
-        self.index.setdefault(camera, []).append((self.end, len(data)))
-        self.end += len(data)
-
-    def drop(self, camera: str) -> None:
-        self.index.pop(camera, None)
-
-    def rows(self, cameras: list[str], frames: int) -> "_SpoolRows":
-        self.file.flush()
-        return _SpoolRows(self, cameras, frames)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-@dataclass
-class _SpoolRows:
-    """Rows of a spool as `write_sequence` slices them: rows[a:b] -> b - a lists of one JPEG per camera."""
-    spool: _Spool
-    cameras: list[str]
-    frames: int
-
-    def __len__(self) -> int:
-        return self.frames
-
-    def __getitem__(self, rows: slice) -> list[list[bytes]]:
-        import os
-
-        fd = self.spool.file.fileno()
-        return [[os.pread(fd, *reversed(self.spool.index[c][t])) for c in self.cameras]
-                for t in range(*rows.indices(self.frames))]
-
-
 # ----------------------------------------------------------------------------------------- one sequence
 
 @dataclass
@@ -254,7 +209,7 @@ def _boxes(files: SequenceFiles, views: _Views, j2d: dict, n: int, cfg: ExtractC
     return boxes, ("mask" if used_mask else "joints"), notes
 
 
-def _decode_views(files: SequenceFiles, views: _Views, boxes: dict, n: int, cfg: ExtractConfig, spool: "_Spool"
+def _decode_views(files: SequenceFiles, views: _Views, boxes: dict, n: int, cfg: ExtractConfig, spool: Spool
                   ) -> dict[str, int]:
     """Decode each camera once, front to back, spooling its crops; video frames per camera kept. A camera that
     cannot be decoded, or is much shorter than the poses (truncated), is left out."""
@@ -294,7 +249,7 @@ def _extract(files: SequenceFiles, cfg: ExtractConfig, cs: CameraSet, source: st
     path = sequence_path(cfg.out, files.subject, files.name)
     spool = None
     try:
-        spool = _Spool(path.parent)
+        spool = Spool(path.parent)
         video_frames = _decode_views(files, views, boxes, n_pose, cfg, spool)
         notes += [f"camera {cid} left out: {why}" for cid, why in views.dropped.items()]
         ids = list(views.cameras)
