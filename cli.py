@@ -142,7 +142,8 @@ def _extract_summary_table(results):
               help="Keep a sequence with at least this many readable cameras (3 keeps S11 Directions).")
 @click.option("--workers", default=None, type=click.IntRange(1), help="Processes [default: all cores].")
 @click.option("--part", default="1/1", show_default=True,
-              help="Do the I-th of N shares (I/N), e.g. $SLURM_ARRAY_TASK_ID/N; all parts may share one OUT.")
+              help="Do the I-th of N shares (I/N; e.g. $SLURM_ARRAY_TASK_ID/N with --array=1-N); all parts may "
+              "share one OUT.")
 @click.option("--keep-going", is_flag=True, help="Exit 0 even if some sequences failed (they are still listed).")
 def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_views, workers, part, keep_going):
     """Turn a release in RAW into an extracted dataset in OUT: per sequence, synchronised square JPEG crops of every
