@@ -554,7 +554,8 @@ class ShardLoader:
         self.dataset.plans = self.plans()
         busy = None
         if self.cfg.workers > 0:
-            busy = self.dataset.busy = torch.zeros((self.cfg.workers, POOL), dtype=torch.int8).share_memory_()
+            with torch.inference_mode(False):     # the flags are written later, whatever mode the consumer is in
+                busy = self.dataset.busy = torch.zeros((self.cfg.workers, POOL), dtype=torch.int8).share_memory_()
         for item in self._loader:
             self.stats.add(item.pop("_stats"))
             slot = item.pop("_slot", None)
