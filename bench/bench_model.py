@@ -56,6 +56,17 @@ def best_time(fn, reps: int) -> float:
     return min(times)
 
 
+def interleaved_min(fns: dict, rounds: int, inner: dict | None = None) -> dict:
+    """Min time of each fn, timed in alternation round after round so that load changes hit all alike;
+    inner[name] repeats a short fn within each round."""
+    inner = inner or {}
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], best_time(fn, inner.get(name, 1)))
+    return best
+
+
 def fmt_g(x: float) -> str:
     return f"{x / 1e9:,.2f}"
 
@@ -64,7 +75,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_model.md")))
     ap.add_argument("--quick", action="store_true", help="fewer repeats and images (smoke run)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     reps = 1 if args.quick else 3
     lines: list[str] = []
@@ -117,8 +131,9 @@ def main() -> None:
     tokens = torch.randn(B, V, f, net.spatial.num_features)
     net.eval()
     with torch.no_grad():
-        t_fwd = best_time(lambda: net(x), reps)
-        t_rel = best_time(lambda: net.relations(tokens), 20)
+        net(x)  # warm-up
+        t = interleaved_min({"fwd": lambda: net(x), "rel": lambda: net.relations(tokens)}, reps, {"rel": 10})
+    t_fwd, t_rel = t["fwd"], t["rel"]
     net.train()
 
     def step():
@@ -129,8 +144,8 @@ def main() -> None:
         net.relations.zero_grad(set_to_none=True)
         net.relations(tokens.requires_grad_()).sum().backward()
 
-    t_step = best_time(step, max(1, reps - 1))
-    t_rel_step = best_time(rel_step, 20)
+    t = interleaved_min({"step": step, "rel": rel_step}, max(1, reps - 1), {"rel": 10})
+    t_step, t_rel_step = t["step"], t["rel"]
     say("| pass | whole network (s) | relations alone (ms) | relations share |")
     say("|---|---|---|---|")
     say(f"| forward (eval) | {t_fwd:.2f} | {t_rel * 1e3:.2f} | {t_rel / t_fwd:.3%} |")
@@ -185,7 +200,7 @@ def main() -> None:
         "the kept tokens only (masked window attention over kept tokens, gathered patch merging), so the saving "
         "is bounded by the share of stages 3-4 in Swin-T. `select_stage = 1` prunes from stage 2 on and saves "
         "more, at the price of dropping tokens on the basis of earlier, less semantic features. "
-        "The K x K masked attention over kept tokens is included in these counts.")
+        "Window attention over kept tokens still costs a full window's matmuls; the counts include it.")
     say()
 
     # ------------------------------------------------------------ tiny
@@ -202,23 +217,30 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    for _ in range(2):
-        tiny_step()
-    step_times = []
-    for _ in range(5 if args.quick else 15):
-        t = time.perf_counter()
-        tiny_step()
-        step_times.append(time.perf_counter() - t)
-    tiny.eval()
-    with torch.no_grad():
-        t_tiny_fwd = best_time(lambda: tiny(xt), 5)
+    def tiny_forward():
+        with torch.no_grad():
+            tiny(xt)
+
     tp = params(tiny)
     tf = flops(PRESETS["tiny"], 8)
-    med = statistics.median(step_times)
-    say("| params (M) | forward GFLOPs | step median (ms) | step min (ms) | eval forward (ms) | step / forward |")
-    say("|---|---|---|---|---|---|")
-    say(f"| {tp['total'] / 1e6:.2f} | {fmt_g(tf['total'])} | {med * 1e3:.0f} | {min(step_times) * 1e3:.0f} | "
-        f"{t_tiny_fwd * 1e3:.0f} | {med / t_tiny_fwd:.2f} |")
+    say(f"{tp['total'] / 1e6:.2f} M parameters, {fmt_g(tf['total'])} GFLOPs a forward pass.")
+    say()
+    say("| CPU threads | step median (ms) | step min (ms) | no-grad forward min (ms) | step / forward |")
+    say("|---|---|---|---|---|")
+    threads = torch.get_num_threads()
+    for n_threads in sorted({threads, 1}, reverse=True):
+        torch.set_num_threads(n_threads)
+        for _ in range(2):
+            tiny_step()
+        step_times = []
+        for _ in range(5 if args.quick else 15):
+            t = time.perf_counter()
+            tiny_step()
+            step_times.append(time.perf_counter() - t)
+        t_tiny_fwd = best_time(tiny_forward, 5)
+        say(f"| {n_threads} | {statistics.median(step_times) * 1e3:.0f} | {min(step_times) * 1e3:.0f} | "
+            f"{t_tiny_fwd * 1e3:.0f} | {min(step_times) / t_tiny_fwd:.2f} |")
+    torch.set_num_threads(threads)
     say()
     say(f"Load average at the end: {os.getloadavg()[0]:.1f} (the machine may be shared; ratios are more "
         "stable than absolute times).")
