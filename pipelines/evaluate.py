@@ -199,7 +199,7 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
     drawn: set[tuple[str, str]] = set()
     clips = 0
     img_size = net.cfg.spatial.img_size
-    with torch.inference_mode():
+    with torch.no_grad():   # not inference_mode: the loader's shared buffers are updated outside it
         for batch in loader:
             crop = crop_size_of(batch)
             mask = batch["view_mask"].bool()

@@ -89,21 +89,28 @@ def to_markdown(r: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rich_tables(r: EvalReport) -> list:
-    """rich renderables: one Table-II-like table per 3-D metric and the 2-D table (the CLI prints them)."""
+def rich_tables(r: EvalReport, width: int = 200) -> list:
+    """rich renderables: Table-II-like tables of MPJPE and P-MPJPE (rows = methods, 15 actions + Avg; split in two
+    halves of the actions when `width` columns cannot hold them), other 3-D metrics, the 2-D table."""
+    from rich import box
     from rich.table import Table
 
     out = []
+    halves = [ACTIONS] if width >= 132 else [ACTIONS[:8], ACTIONS[8:]]
     for metric in ("MPJPE", "P-MPJPE"):
-        t = Table(title=TITLES[metric], title_justify="left", pad_edge=False, padding=(0, 1))
-        t.add_column("Method", no_wrap=True)
-        for a in ACTIONS:
-            t.add_column(SHORT[a], justify="right")
-        t.add_column("Avg", justify="right", style="bold")
-        for method in METHODS:
-            row = r.row(method, metric)
-            t.add_row(method, *[_cell(row.actions[a], 0) for a in ACTIONS], _cell(row.avg))
-        out.append(t)
+        for i, actions in enumerate(halves):
+            title = TITLES[metric] + ("" if len(halves) == 1 else f" ({i + 1}/2)")
+            t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+            t.add_column("Method", no_wrap=True)
+            for a in actions:
+                t.add_column(SHORT[a], justify="right", no_wrap=True)
+            last = actions[-1] == ACTIONS[-1]
+            if last:
+                t.add_column("Avg", justify="right", style="bold", no_wrap=True)
+            for method in METHODS:
+                row = r.row(method, metric)
+                t.add_row(method, *[_cell(row.actions[a], 0) for a in actions], *([_cell(row.avg)] if last else []))
+            out.append(t)
     t = Table(title="Other 3-D metrics (Avg over actions / all frames)", title_justify="left")
     t.add_column("Method")
     for metric in METRICS_3D:

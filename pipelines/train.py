@@ -316,6 +316,7 @@ class _Trainer:
                                      f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs"))
         last_loss = math.nan
         self.step = step
+        previous = _catch_signals(self)
         try:
             while self.step < total:
                 epoch = self.step // steps_per_epoch
@@ -333,6 +334,7 @@ class _Trainer:
             raise
         finally:
             log.close()
+            _restore_signals(previous)
         done = self.step >= total
         if self.rank == 0:
             self._save(done)
@@ -363,7 +365,7 @@ class _Trainer:
             t0 = time.perf_counter()
             wait = 0.0
             images_seen = 0
-            sums = torch.zeros(3, dtype=torch.float64)
+            sums = torch.zeros(4, dtype=torch.float64)
             self.opt.zero_grad(set_to_none=True)
             for micro in range(cfg.grad_accum):
                 t = time.perf_counter()
@@ -372,6 +374,10 @@ class _Trainer:
                 except StopIteration:
                     raise H36MError(cfg.urls()[0], f"the loader ended after fewer batches than its length "
                                                    f"({len(loader)})") from None
+                except RuntimeError:
+                    if self.stop_requested:     # Ctrl-C also reached the loader's workers: stop before this step
+                        raise KeyboardInterrupt from None
+                    raise
                 wait += time.perf_counter() - t
                 inputs = self._inputs(torch, batch, micro)
                 images_seen += int(inputs[1].sum()) * inputs[2].shape[2]
@@ -381,8 +387,8 @@ class _Trainer:
                     with amp:
                         loss_t, err2d, mpjpe = module(*inputs)
                     (loss_t / cfg.grad_accum).backward()
-                sums += torch.stack([loss_t.detach().double().cpu(), err2d.double().cpu(),
-                                     mpjpe.double().cpu()]) / cfg.grad_accum
+                sums[:3] += torch.stack([loss_t.detach().double().cpu(), err2d.double().cpu(),
+                                         mpjpe.double().cpu()]) / cfg.grad_accum
             if cfg.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], cfg.clip_grad)
             lr = self.sched.get_last_lr()[0]
@@ -390,16 +396,20 @@ class _Trainer:
             self.sched.step()
             self.step += 1
             local_loss = float(sums[0])
-            if self.world > 1:
-                torch.distributed.all_reduce(sums)   # gloo/nccl: the CPU tensor works with gloo; see _distributed
-                sums /= self.world
+            sums[3] = float(self.stop_requested)
+            if self.world > 1:   # a CPU tensor: gloo (also beside NCCL, see _distributed); every rank learns of a stop
+                torch.distributed.all_reduce(sums)
+                sums[:3] /= self.world
             dt = time.perf_counter() - t0
             crop = self._crop
             loss = float(sums[0])
             ev = TrainEvent("step", self.step, self.total, epoch, cfg.epochs, loss=loss, lr=lr,
                             images_per_s=images_seen * self.world / max(dt, 1e-9), data_wait=wait / max(dt, 1e-9),
                             err2d_px=float(sums[1]) * crop, mpjpe_mm=float(sums[2]) * 1000.0)
-            log.step(ev, local_loss)
+            if self.step % max(cfg.log_every, 1) == 0 or self.step == self.total:
+                checksum = math.nan if self.world == 1 else float(
+                    sum(p.detach().double().sum() for p in self.net.parameters() if p.requires_grad))
+                log.step(ev, local_loss, checksum)
             self.emit(ev)
             end_of_epoch = self.step % self.steps_per_epoch == 0
             stop = cfg.max_steps is not None and self.step >= cfg.max_steps
@@ -409,6 +419,9 @@ class _Trainer:
                 self.emit(TrainEvent("checkpoint", self.step, self.total, epoch, cfg.epochs, loss=loss, lr=lr))
             if end_of_epoch:
                 self.emit(TrainEvent("epoch", self.step, self.total, epoch + 1, cfg.epochs, loss=loss, lr=lr))
+            if sums[3] > 0:
+                del it
+                raise KeyboardInterrupt
             if stop:
                 del it
                 return loss, True
@@ -449,6 +462,35 @@ class _Trainer:
             "world_size": self.world,
             "config": {"train": to_dict(cfg), "model": self.mcfg.to_dict()},
         })
+
+
+def _catch_signals(trainer) -> dict:
+    """SIGINT / SIGTERM set trainer.stop_requested: the step under way finishes, a checkpoint is saved, then
+    KeyboardInterrupt. A second signal interrupts at once. Only from the main thread; returns the old handlers."""
+    import signal
+    import threading
+
+    trainer.stop_requested = False
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.getsignal(sig)
+        signal.signal(sig, handler)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for sig, h in previous.items():
+        signal.signal(sig, h)
 
 
 def _distributed(device: str):
@@ -496,14 +538,17 @@ class _RunLog:
             except ImportError:  # tensorboard not installed: JSON lines only
                 self.tb = None
 
-    def step(self, ev: TrainEvent, local_loss: float) -> None:
+    def step(self, ev: TrainEvent, local_loss: float, checksum: float = math.nan) -> None:
+        """One step: the averaged record (metrics.jsonl, TensorBoard) and the rank's own loss and weight checksum
+        (the sum of its trainable parameters: equal on every rank when DDP keeps them in sync)."""
         rec = {"step": ev.step, "epoch": ev.epoch, "loss": ev.loss, "lr": ev.lr,
                "images_per_s": round(ev.images_per_s, 2), "data_wait": round(ev.data_wait, 4), "time": time.time()}
         for k in ("err2d_px", "mpjpe_mm"):
             if not math.isnan(getattr(ev, k)):
                 rec[k] = getattr(ev, k)
         for i, f in enumerate(self.files):
-            line = rec if (self.rank == 0 and i == 0) else {"step": ev.step, "loss": local_loss, "rank": self.rank}
+            line = rec if (self.rank == 0 and i == 0) else {"step": ev.step, "loss": local_loss, "rank": self.rank,
+                                                             "weights": checksum}
             f.write(json.dumps(line) + "\n")
             f.flush()
         if self.tb is not None:
