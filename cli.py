@@ -295,7 +295,7 @@ def _train_progress(console):
 
     def on_event(e):
         if e.kind == "start":
-            console.print(f"train: {e.message}; step {e.step} of {e.total_steps}")
+            console.print(f"train: {e.message}; step {e.step} of {e.total_steps}", soft_wrap=True)
             state["task"] = progress.add_task(f"epoch {e.epoch + 1}/{e.epochs}", total=e.total_steps, completed=e.step,
                                               loss="-", lr=f"{e.lr:.2e}", ips="-", wait="-")
         elif e.kind == "step":
@@ -367,13 +367,13 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
         _fail(str(e))
     if not quiet:
         state = "complete" if result.done else "stopped (continue with --resume)"
-        console.print(f"run {result.run}: step {result.steps}/{result.total_steps}, {state}")
+        console.print(f"run {result.run}: step {result.steps}/{result.total_steps}, {state}", soft_wrap=True)
 
 
 def _print_report(console, report):
     from pipelines.report import rich_tables, settings_lines
 
-    for table in rich_tables(report):
+    for table in rich_tables(report, width=console.width):
         console.print(table)
     for line in settings_lines(report)[1:3]:
         console.print(line, soft_wrap=True, markup=False)
@@ -406,10 +406,20 @@ def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, 
     console = _console()
     cfg = EvalConfig(run=str(run_dir), shards=shards, out=str(out) if out else None, exclude_damaged=exclude_damaged,
                      every=every, batch_size=batch_size, workers=workers, device=device, plots=not no_plots)
+    progress = _progress(console)
+    task = progress.add_task("test clips", total=None, start=False)
+
+    def on_progress(e):  # the bar appears with the first batch (not before a bad --run is reported)
+        if not progress.live.is_started:
+            progress.start()
+            progress.start_task(task)
+        progress.update(task, completed=e.clips, total=e.total)
+
     try:
-        with _progress(console) as progress:
-            task = progress.add_task("test clips", total=None)
-            report = run_eval(cfg, on_progress=lambda e: progress.update(task, completed=e.clips, total=e.total))
+        try:
+            report = run_eval(cfg, on_progress=on_progress)
+        finally:
+            progress.stop()
     except ValueError as e:
         from h36m_tools.errors import H36MError
 
