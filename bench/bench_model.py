@@ -119,7 +119,7 @@ def main() -> None:
             f"{fmt_g(fl['lifter'])} | {fmt_g(fl['total'])} | {fl['relations'] / fl['total']:.2%} |")
     no_lift = {f: flops(replace(PRESETS[f"paper_f{f}"], lift=False), f) for f in (8, 32, 128)}
     say()
-    say("Relations share of the FLOPs without the lifter (the 2-D network the paper times): " + ", ".join(
+    say("Relations share of the FLOPs of the 2-D network (spatial + relations + head, no lifter): " + ", ".join(
         f"F = {f}: {no_lift[f]['relations'] / no_lift[f]['total']:.2%}" for f in (8, 32, 128)) + ".")
     say("The lifter runs one 81-frame window per output frame (PoseFormer's centre-frame protocol, clips "
         "edge-padded), so its cost grows with F like the spatial module's.")
