@@ -26,6 +26,14 @@ def small_release(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def h36m_facts() -> Path:
+    """The official H36M facts (../shared/h36m: metadata.xml, cameras.json, sequences.json)."""
+    if not H36M_FACTS.is_dir():
+        pytest.skip("../shared/h36m not present")
+    return H36M_FACTS
+
+
+@pytest.fixture(scope="session")
 def realdata() -> Path:
     """The real H36M samples (../shared/realdata); tests needing them are skipped where the folder is absent."""
     if not REALDATA.is_dir():

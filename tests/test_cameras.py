@@ -7,8 +7,6 @@ import pytest
 from h36m_tools import cameras
 from h36m_tools.cameras import CAMERA_IDS, bundled, parse_metadata_xml, project
 
-from conftest import H36M_FACTS
-
 
 def _frames(realdata):
     d = np.load(realdata / "mmpose_h36m" / "test_h36m_body3d.npz")
@@ -51,8 +49,8 @@ def test_world_camera_round_trip():
     assert np.allclose(cameras.world_to_camera(e.center, e.R, e.t), 0, atol=1e-2)
 
 
-def test_metadata_xml_yields_cameras_json():
-    parsed = parse_metadata_xml(H36M_FACTS / "metadata.xml")
+def test_metadata_xml_yields_cameras_json(h36m_facts):
+    parsed = parse_metadata_xml(h36m_facts / "metadata.xml")
     ref = bundled()
     for cid in CAMERA_IDS:
         a, b = parsed.intrinsics[cid], ref.intrinsics[cid]
