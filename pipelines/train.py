@@ -118,9 +118,10 @@ def train(cfg: TrainConfig, on_progress: Optional[Callable[[TrainEvent], None]] 
 
 
 def resume(run: str | os.PathLike, on_progress: Optional[Callable[[TrainEvent], None]] = None,
-           **control) -> TrainResult:
-    """Continue the run in folder `run` at its checkpoint's step. `control` may change only RUN_CONTROL fields
-    (max_steps, checkpoint_every, log_every, workers, shards, device, compile)."""
+           max_steps: int | None = None, **control) -> TrainResult:
+    """Continue the run in folder `run` at its checkpoint's step, up to `max_steps` (None: to the end). `control`
+    may change only RUN_CONTROL fields (checkpoint_every, log_every, workers, shards, device, compile); None
+    values keep the run's."""
     state = load_checkpoint(Path(run) / CHECKPOINT_NAME)
     bad = sorted(k for k, v in control.items() if v is not None and k not in RUN_CONTROL)
     if bad:
@@ -129,9 +130,7 @@ def resume(run: str | os.PathLike, on_progress: Optional[Callable[[TrainEvent], 
     if state.get("done"):
         return TrainResult(Path(run), int(state["step"]), int(state["total_steps"]), cfg.epochs, True, math.nan,
                            Path(run) / CHECKPOINT_NAME)
-    cfg = replace(cfg, out=str(run), **{k: v for k, v in control.items() if v is not None})
-    if "max_steps" in control:
-        cfg = replace(cfg, max_steps=control["max_steps"])
+    cfg = replace(cfg, out=str(run), max_steps=max_steps, **{k: v for k, v in control.items() if v is not None})
     return _Trainer(resolve(cfg), state, on_progress).run()
 
 
@@ -194,7 +193,7 @@ def _param_groups(module, weight_decay: float):
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        plain = p.ndim <= 1 or any(k in name for k in ("pos", "relative_position", "queries", "prior", "embed.w"))
+        plain = p.ndim <= 1 or any(k in name for k in ("pos", "relative_position", "queries", "prior"))
         (no_decay if plain else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

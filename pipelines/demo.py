@@ -1,0 +1,206 @@
+"""`h36m demo`: the whole chain on a synthetic release, on a laptop CPU, in minutes.
+
+    synth (S1, S5 train; S9, S11 test) -> extract (64 px crops) -> shard (8-frame clips)
+      -> train tiny, stage 2d -> train tiny, stage lift (from the 2d run) -> evaluate on S9/S11
+
+Folder `out`:
+    raw/  extracted/  shards/  runs/2d/  runs/lift/  report/ (results.md/.json/.csv, plots/)  demo.json
+`demo.json` records the finished steps: run the demo again and it continues where it stopped (training resumes
+from its checkpoint). The report compares the network with the mean-pose baseline of the same run (the training
+set's mean 2-D pose in the crop and mean root-relative 3-D pose): `DemoResult.improvement` is the relative error
+reduction on the held-out subjects.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .evaluate import EvalConfig, EvalProgress, EvalReport
+from .train import TrainEvent
+
+STEPS = ("synth", "extract", "shard", "train-2d", "train-lift", "evaluate")
+
+
+@dataclass
+class DemoConfig:
+    """Options of `h36m demo`; the defaults take about 5 minutes on 2 CPU cores (see bench/RESULTS_train.md)."""
+    out: Path = Path("h36m-demo")
+    subjects: tuple[str, ...] = ("S1", "S5", "S9", "S11")
+    sequences_per_subject: int = 3
+    frames: int = 150
+    crop: int = 64
+    clip_frames: int = 8
+    epochs_2d: int = 24
+    epochs_lift: int = 16
+    batch_size: int = 2
+    lr_2d: float = 2e-3
+    lr_lift: float = 2e-3
+    lift_noise: float = 0.03                # 2-D noise for the lifter ~ the tiny 2-D network's test error
+    workers: int = 1                        # loader processes (the other core computes)
+    augment: bool = False                   # no flips: the synthetic people's left and right limbs differ in colour,
+                                            # so a mirrored image would teach left/right from the wrong colour
+    seed: int = 0
+
+
+@dataclass
+class DemoEvent:
+    """What `on_progress` receives: a step starting or ending, or the progress of the training / evaluation."""
+    step: str                               # one of STEPS
+    kind: str                               # start | end | train | eval
+    message: str = ""
+    train: Optional[TrainEvent] = None
+    eval: Optional[EvalProgress] = None
+
+
+@dataclass
+class Improvement:
+    """Ours against the mean-pose baseline, on the held-out subjects: errors and relative reduction (0.6 = -60 %)."""
+    metric: str
+    ours: float
+    baseline: float
+
+    @property
+    def reduction(self) -> float:
+        return 1.0 - self.ours / self.baseline if self.baseline > 0 else 0.0
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    report: EvalReport
+    report_dir: Path
+    seconds: dict[str, float] = field(default_factory=dict)   # step -> wall seconds (this invocation)
+    improvement: list[Improvement] = field(default_factory=list)
+
+    @property
+    def beats_baseline(self) -> bool:
+        """Every headline error (3-D MPJPE and P-MPJPE of `Ours`, 2-D mean error) at least 25 % below the baseline."""
+        return bool(self.improvement) and all(i.reduction >= 0.25 for i in self.improvement)
+
+
+def run_demo(cfg: DemoConfig, on_progress: Optional[Callable[[DemoEvent], None]] = None) -> DemoResult:
+    """Run (or continue) the demo in cfg.out; returns the evaluation and the comparison with the baseline."""
+    from h36m_tools.names import TEST_SUBJECTS
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not any(s in TEST_SUBJECTS for s in cfg.subjects) or all(s in TEST_SUBJECTS for s in cfg.subjects):
+        raise ValueError("the demo needs training subjects (S1, S5, ...) and test subjects (S9, S11)")
+    state_path = out / "demo.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("config") not in (None, _config_dict(cfg)):
+        from h36m_tools.errors import H36MError
+
+        raise H36MError(out, "holds a demo made with other options; use another --out or delete it")
+    done: list[str] = state.get("done", [])
+    emit = on_progress or (lambda e: None)
+    seconds: dict[str, float] = {}
+    raw, ex, sh, runs, rep = out / "raw", out / "extracted", out / "shards", out / "runs", out / "report"
+
+    def step(name: str, fn: Callable[[], str]) -> None:
+        if name in done:
+            emit(DemoEvent(name, "end", "already done"))
+            return
+        emit(DemoEvent(name, "start"))
+        t = time.perf_counter()
+        message = fn()
+        seconds[name] = time.perf_counter() - t
+        done.append(name)
+        _write_json(state_path, {"config": _config_dict(cfg), "done": done})
+        emit(DemoEvent(name, "end", message))
+
+    step("synth", lambda: _synth(cfg, raw))
+    step("extract", lambda: _extract(cfg, raw, ex))
+    step("shard", lambda: _shard(cfg, ex, sh))
+    step("train-2d", lambda: _train(cfg, sh, runs / "2d", "2d", None, emit))
+    step("train-lift", lambda: _train(cfg, sh, runs / "lift", "lift", runs / "2d", emit))
+
+    from .evaluate import evaluate
+    from .report import write_report
+
+    t = time.perf_counter()
+    emit(DemoEvent("evaluate", "start"))
+    report = evaluate(EvalConfig(run=str(runs / "lift"), shards=str(sh / "test-*.tar"), out=str(rep),
+                                 workers=cfg.workers, batch_size=cfg.batch_size),
+                      on_progress=lambda e: emit(DemoEvent("evaluate", "eval", eval=e)))
+    write_report(report, rep)
+    seconds["evaluate"] = time.perf_counter() - t
+    emit(DemoEvent("evaluate", "end", f"{report.frames} (view, frame) pairs of {', '.join(report.subjects)}"))
+    ours2d = next(r for r in report.rows2d if r.method == "Ours")
+    base2d = next(r for r in report.rows2d if r.method == "Mean pose")
+    improvement = [Improvement(m, report.row("Ours", m).avg, report.row("Mean pose", m).avg)
+                   for m in ("MPJPE", "P-MPJPE")]
+    improvement.append(Improvement("2-D mean error (px)", ours2d.mean_px, base2d.mean_px))
+    return DemoResult(out, report, rep, seconds, improvement)
+
+
+def _config_dict(cfg: DemoConfig) -> dict:
+    return {"subjects": list(cfg.subjects), "sequences_per_subject": cfg.sequences_per_subject,
+            "frames": cfg.frames, "crop": cfg.crop, "clip_frames": cfg.clip_frames, "epochs_2d": cfg.epochs_2d,
+            "epochs_lift": cfg.epochs_lift, "batch_size": cfg.batch_size, "lr_2d": cfg.lr_2d,
+            "lr_lift": cfg.lr_lift, "lift_noise": cfg.lift_noise, "augment": cfg.augment,
+            "seed": cfg.seed}
+
+
+def _synth(cfg: DemoConfig, raw: Path) -> str:
+    from .synth import SynthConfig, run_synth
+
+    if raw.exists():          # a synth killed half-way: start it again
+        shutil.rmtree(raw)
+    results = run_synth(SynthConfig(out=raw, subjects=tuple(cfg.subjects),
+                                    sequences_per_subject=cfg.sequences_per_subject, frames=cfg.frames,
+                                    seed=cfg.seed, workers=os.cpu_count() or 1))
+    return f"{len(results)} sequences x 4 cameras x {cfg.frames} frames"
+
+
+def _extract(cfg: DemoConfig, raw: Path, ex: Path) -> str:
+    from .extract import plan_extract, run_extract
+    from .extract_plan import ExtractConfig
+
+    ecfg = ExtractConfig(raw=raw, out=ex, size=cfg.crop, min_views=3, workers=os.cpu_count() or 1)
+    results = run_extract(ecfg, plan_extract(ecfg))
+    ok = [r for r in results if r.status == "done"]
+    return f"{len(ok)} sequences, {sum(r.frames for r in ok)} frames, {cfg.crop} px crops"
+
+
+def _shard(cfg: DemoConfig, ex: Path, sh: Path) -> str:
+    from .shard import ShardConfig, write_shards
+
+    counts = []
+    for split in ("train", "test"):
+        r = write_shards(ShardConfig(extracted=ex, out=sh, frames=cfg.clip_frames, split=split, shard_mb=2.0,
+                                     shuffle_seed=cfg.seed))
+        counts.append(f"{split} {r.samples} clips in {len(r.shards)} shards")
+    return ", ".join(counts)
+
+
+def _train(cfg: DemoConfig, sh: Path, run: Path, stage: str, init: Path | None, emit) -> str:
+    from .checkpoint import CHECKPOINT_NAME
+    from .train import resume, train
+    from .train_config import TrainConfig
+
+    def on(e: TrainEvent) -> None:
+        emit(DemoEvent(f"train-{stage}", "train", train=e))
+
+    if (run / CHECKPOINT_NAME).exists():
+        result = resume(run, on_progress=on)
+    else:
+        result = train(TrainConfig(shards=str(sh / "train-*.tar"), out=str(run), preset="tiny", stage=stage,
+                                   init=str(init) if init else None,
+                                   epochs=cfg.epochs_2d if stage == "2d" else cfg.epochs_lift,
+                                   batch_size=cfg.batch_size, lr=cfg.lr_2d if stage == "2d" else cfg.lr_lift,
+                                   workers=cfg.workers, seed=cfg.seed, augment=cfg.augment,
+                                   lift_noise=cfg.lift_noise,
+                                   checkpoint_every=100), on_progress=on)
+    return f"{result.steps} steps, last loss {result.last_loss:.4f}"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,50 @@
+"""`h36m demo`: the whole chain end to end (a small version in the suite; the full one on request)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+SMALL = ["--subjects", "S1,S9", "--sequences-per-subject", "1", "--frames", "24", "--epochs-2d", "1",
+         "--epochs-lift", "2"]
+
+
+def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(main, ["demo", "--out", str(out)] + SMALL, catch_exceptions=False, terminal_width=160)
+    assert res.exit_code == 0, res.output
+    for text in ("synth", "extract", "shard", "train-2d", "train-lift", "evaluate", "Protocol #1: MPJPE (mm)",
+                 "Mean pose", "Lifter, GT 2-D", "Ours vs mean-pose baseline, MPJPE", "plots in"):
+        assert text in res.output, text
+    state = json.loads((out / "demo.json").read_text())
+    assert state["done"] == ["synth", "extract", "shard", "train-2d", "train-lift"]
+    report = json.loads((out / "report" / "results.json").read_text())
+    assert report["subjects"] == ["S9"] and report["frames"] == 4 * 24 and report["stage"] == "lift"
+    assert (out / "report" / "plots" / "per_action.png").exists()
+    assert json.loads((out / "runs" / "2d" / "config.json").read_text())["train"]["stage"] == "2d"
+    assert json.loads((out / "runs" / "lift" / "config.json").read_text())["train"]["init"] == str(out / "runs" / "2d")
+    # again: nothing is redone (same files), the report is rebuilt
+    video = next((out / "raw" / "S1" / "Videos").glob("*.mp4"))
+    before = (video.stat().st_mtime_ns, (out / "runs" / "2d" / "checkpoint.pt").stat().st_mtime_ns)
+    res = CliRunner().invoke(main, ["demo", "--out", str(out)] + SMALL, catch_exceptions=False, terminal_width=160)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("already done") == 5
+    assert before == (video.stat().st_mtime_ns, (out / "runs" / "2d" / "checkpoint.pt").stat().st_mtime_ns)
+    # other options on the same folder: refused in one line
+    res = CliRunner().invoke(main, ["demo", "--out", str(out), "--frames", "30"] + SMALL[:4])
+    assert res.exit_code == 1 and "other options" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("H36M_FULL_DEMO"), reason="the full demo takes minutes: set H36M_FULL_DEMO=1")
+def test_full_demo_beats_the_mean_pose_baseline(tmp_path):
+    from pipelines.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out=tmp_path / "demo"))
+    assert result.report.subjects == ["S9", "S11"]
+    assert result.beats_baseline, [(i.metric, i.ours, i.baseline) for i in result.improvement]
+    assert sum(result.seconds.values()) < 600
