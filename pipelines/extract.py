@@ -75,6 +75,17 @@ def _check_close(path: Path, ours: np.ndarray, theirs: np.ndarray, tol: float, w
                               f"or mismatched files")
 
 
+def _read_checked(path: Path, dims: int, ours: np.ndarray, tol: float, what: str, unit: str) -> np.ndarray:
+    """The 17 joints of a per-camera CDF, checked finite and within `tol` of what we computed from D3_Positions."""
+    from h36m_tools.cdf import read_pose
+
+    theirs = to17(read_pose(path, dims))
+    if not np.isfinite(theirs).all():
+        raise H36MError(path, "non-finite joint values")
+    _check_close(path, ours, theirs, tol, what, unit)
+    return theirs
+
+
 def _pose_views(files: SequenceFiles, world17: np.ndarray, cameras: dict[str, Camera], cfg: ExtractConfig,
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per camera: 2-D joints (D2_Positions, checked against the projection of D3_Positions, else the projection)
@@ -86,19 +97,11 @@ def _pose_views(files: SequenceFiles, world17: np.ndarray, cameras: dict[str, Ca
         proj = cam.project(world17)
         cam3d = world_to_camera(world17, cam.extrinsics.R, cam.extrinsics.t)
         if cid in files.d3_mono:
-            mono = to17(read_pose(files.d3_mono[cid], 3))
-            if not np.isfinite(mono).all():
-                raise H36MError(files.d3_mono[cid], "non-finite joint values")
-            _check_close(files.d3_mono[cid], cam3d, mono, cfg.mono_tolerance_mm,
-                         "D3_Positions_mono differs from D3_Positions through the camera", "mm")
-            cam3d = mono
+            cam3d = _read_checked(files.d3_mono[cid], 3, cam3d, cfg.mono_tolerance_mm,
+                                  "D3_Positions_mono differs from D3_Positions through the camera", "mm")
         if cid in files.d2:
-            d2 = to17(read_pose(files.d2[cid], 2))
-            if not np.isfinite(d2).all():
-                raise H36MError(files.d2[cid], "non-finite joint values")
-            _check_close(files.d2[cid], proj, d2, cfg.d2_tolerance_px,
-                         "D2_Positions differ from the projection of D3_Positions", "px")
-            proj = d2
+            proj = _read_checked(files.d2[cid], 2, proj, cfg.d2_tolerance_px,
+                                 "D2_Positions differ from the projection of D3_Positions", "px")
         j2d[cid], j3d[cid] = proj, cam3d
     return j2d, j3d
 

@@ -25,6 +25,18 @@ def small_release(tmp_path_factory) -> Path:
                   sequences_per_subject=1, frames=40, workers=2)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models run as fast on one thread, and a shared 2-core machine slows two threads down
+    (oversubscription) by up to 10x; the previous setting is restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def h36m_facts() -> Path:
     """The official H36M facts (../shared/h36m: metadata.xml, cameras.json, sequences.json)."""

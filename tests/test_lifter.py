@@ -10,14 +10,7 @@ import torch
 from model import PRESETS, LifterConfig, PoseFormer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These small models run as fast on one thread, and a shared 2-core machine slows two threads down
-    (oversubscription) by up to 10x; the previous setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # 17-joint H36M-like skeleton in mm, body frame: x to the subject's left, y down, z forward; hip at 0.
 SKELETON_MM = torch.tensor([

@@ -15,14 +15,7 @@ from model import (MEAN_POSE_2D, PRESETS, ModelConfig, ModelOutput, PoseNetwork,
 TINY = PRESETS["tiny"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These small models run as fast on one thread, and a shared 2-core machine slows two threads down
-    (oversubscription) by up to 10x; the previous setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def n_params(module: torch.nn.Module) -> int:
