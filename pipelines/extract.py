@@ -90,8 +90,6 @@ def _pose_views(files: SequenceFiles, world17: np.ndarray, cameras: dict[str, Ca
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per camera: 2-D joints (D2_Positions, checked against the projection of D3_Positions, else the projection)
     and camera-frame 3-D joints (D3_Positions_mono, checked against D3_Positions through the camera, else computed)."""
-    from h36m_tools.cdf import read_pose
-
     j2d, j3d = {}, {}
     for cid, cam in cameras.items():
         proj = cam.project(world17)
