@@ -283,6 +283,15 @@ def show(shard_file, key, out, max_frames):
 
 # --- train, evaluate, demo commands (issue 6) ---
 
+def _openmp_env():
+    """Short OpenMP spin-waits (unless set): on a CPU shared with other processes, torch's default long spins make
+    small training steps up to 5x slower; 1000 costs nothing on an idle CPU (bench/RESULTS_train.md)."""
+    import os
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+
 def _train_progress(console):
     """A rich progress bar fed by pipelines.train.TrainEvent (loss, lr, images/s, share of time waiting for data)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -340,6 +349,7 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
       h36m train --shards 'SH/train-*.tar' --out runs/lift --stage lift --init runs/2d
       torchrun --nproc_per_node 2 -m cli train --shards 'SH/train-*.tar' --out runs/2d
     """
+    _openmp_env()
     import os
 
     from pipelines import train as T
@@ -399,6 +409,7 @@ def _print_report(console, report):
 def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, device, no_plots):
     """Evaluate a run on test shards: 2-D PCK/AP/AR and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action, with a
     mean-pose baseline; prints Table-II-like tables, writes results.json/.csv/.md and plots."""
+    _openmp_env()
     from pipelines.evaluate import EvalConfig, default_out
     from pipelines.evaluate import evaluate as run_eval
     from pipelines.report import write_report
@@ -440,6 +451,7 @@ def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, 
 def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
     """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d then
     lift) -> evaluate on S9/S11 against a mean-pose baseline. Run it again to continue where it stopped."""
+    _openmp_env()
     from h36m_tools.names import parse_subjects
     from pipelines.demo import DemoConfig, run_demo
 
