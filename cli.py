@@ -284,12 +284,13 @@ def show(shard_file, key, out, max_frames):
 # --- train, evaluate, demo commands (issue 6) ---
 
 def _openmp_env():
-    """Short OpenMP spin-waits (unless set): on a CPU shared with other processes, torch's default long spins make
-    small training steps up to 5x slower; 1000 costs nothing on an idle CPU (bench/RESULTS_train.md)."""
+    """Shorter OpenMP spin-waits unless the user set them: torch's libgomp threads spin for 300k rounds before
+    sleeping, which on a CPU shared with other work (the loader's workers, other jobs) slows training steps
+    about 2x; 20000 keeps the idle-machine speed (bench/RESULTS_train.md). Must run before torch is imported."""
     import os
 
     if "torch" not in sys.modules:
-        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+        os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 
 def _train_progress(console):
