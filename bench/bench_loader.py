@@ -39,8 +39,10 @@ def prepare(args) -> tuple[Path, Path, Path]:
     from cli import main
 
     work = Path(args.work)
-    release = Path(args.release) if args.release else work / "release"
-    extracted, shards, frames = work / f"extracted{args.crop}", work / f"shards{args.crop}_{args.clip}", work / "fullframes"
+    tag = "" if args.noise == 3.0 else f"_noise{args.noise:g}"
+    release = Path(args.release) if args.release else work / f"release{tag}"
+    extracted, shards = work / f"extracted{args.crop}{tag}", work / f"shards{args.crop}_{args.clip}{tag}"
+    frames = work / f"fullframes{tag}"
 
     def cli(*a):
         res = CliRunner().invoke(main, [str(x) for x in a])
@@ -49,8 +51,10 @@ def prepare(args) -> tuple[Path, Path, Path]:
 
     if not (release / "S9").is_dir():
         print(f"synth {release} (scale {args.scale}, {args.frames} frames; once)", file=sys.stderr)
-        cli("synth", release, "--subjects", "S1,S9", "--sequences-per-subject", 1, "--frames", args.frames,
-            "--scale", args.scale, "--workers", 2)
+        from pipelines.synth import SynthConfig, run_synth
+
+        run_synth(SynthConfig(out=release, subjects=("S1", "S9"), sequences_per_subject=1, frames=args.frames,
+                              scale=args.scale, noise=args.noise, workers=2))
     if not (extracted / "manifest.json").is_file():
         cli("extract", release, extracted, "--size", args.crop, "--workers", 2)
     if not (shards / "train-index.json").is_file():
@@ -220,6 +224,8 @@ def main_bench() -> None:
     ap.add_argument("--release", default=None, help="An existing release to use instead of writing one.")
     ap.add_argument("--frames", type=int, default=100, help="Pose frames per synthetic sequence.")
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--noise", type=float, default=3.0, help="synthetic sensor noise (grey levels; synth's default "
+                    "3; 8 gives full-frame JPEGs the size of real H36M frames')")
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--clip", type=int, default=16, help="Frames per clip.")
     ap.add_argument("--batch", type=int, default=2)

@@ -8,6 +8,8 @@ pixel p shows at crop pixel `to_crop(p)`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 #: Smallest box side in pixels (a degenerate pose, e.g. every joint at one point, still gets a usable box).
@@ -86,6 +88,34 @@ def crop_bgr(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
+def _plane_warps(box: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """(luma matrix, chroma matrix, chroma crop size) that cut the crop of `box` from 4:2:0 planes: luma at size x
+    size; chroma at half that for even sizes (chroma crop sample j covers crop luma 2j, 2j+1), at full size for odd
+    ones (chroma crop sample j at crop luma j). Chroma sample i sits at luma 2i + CHROMA_SITING."""
+    m = crop_matrix(box, size)
+    x0, y0 = float(box[0]), float(box[1])
+    sx, sy = m[0, 0], m[1, 1]
+    ox, oy = CHROMA_SITING
+    if size % 2 == 0:
+        mc = np.array([[sx, 0.0, (sx * (ox - x0) - 0.5) / 2], [0.0, sy, (sy * (oy - y0) - 0.5) / 2]])
+        return m, mc, (size // 2, size // 2)
+    mc = np.array([[2 * sx, 0.0, sx * (ox - x0)], [0.0, 2 * sy, sy * (oy - y0)]])
+    return m, mc, (size, size)
+
+
+def _warp_planes(y: np.ndarray, u: np.ndarray, v: np.ndarray, box: np.ndarray, size: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The crop of `box` as limited-range planes (Y size x size, U and V as `_plane_warps` says); black (Y 16,
+    U V 128) outside the frame."""
+    import cv2
+
+    m, mc, csize = _plane_warps(box, size)
+    flags, border = cv2.INTER_LINEAR, cv2.BORDER_CONSTANT
+    return (cv2.warpAffine(y, m, (size, size), flags=flags, borderMode=border, borderValue=16),
+            cv2.warpAffine(u, mc, csize, flags=flags, borderMode=border, borderValue=128),
+            cv2.warpAffine(v, mc, csize, flags=flags, borderMode=border, borderValue=128))
+
+
 def crop_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """The (size, size, 3) BGR crop of `box` from a planar 4:2:0 frame: y (H, W), u and v (ceil(H/2), ceil(W/2)).
 
@@ -95,39 +125,72 @@ def crop_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray, box: np.ndarray, si
     """
     import cv2
 
-    m = crop_matrix(box, size)
-    x0, y0 = float(box[0]), float(box[1])
-    sx, sy = m[0, 0], m[1, 1]
-    ox, oy = CHROMA_SITING           # chroma sample i sits at luma 2i + o
-    flags, border = cv2.INTER_LINEAR, cv2.BORDER_CONSTANT
-    if size % 2 == 0:                # chroma crop sample j covers crop luma 2j, 2j+1: centre 2j + 0.5
-        mc = np.array([[sx, 0.0, (sx * (ox - x0) - 0.5) / 2], [0.0, sy, (sy * (oy - y0) - 0.5) / 2]])
-        csize = (size // 2, size // 2)
-    else:                            # chroma crop sample j at crop luma j
-        mc = np.array([[2 * sx, 0.0, sx * (ox - x0)], [0.0, 2 * sy, sy * (oy - y0)]])
-        csize = (size, size)
-    planes = [cv2.warpAffine(y, m, (size, size), flags=flags, borderMode=border, borderValue=16)]
-    for c in (u, v):
-        p = cv2.warpAffine(c, mc, csize, flags=flags, borderMode=border, borderValue=128)
-        planes.append(p if csize[0] == size else cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR))
+    planes = list(_warp_planes(y, u, v, box, size))
+    for i in (1, 2):
+        if planes[i].shape[0] != size:
+            planes[i] = cv2.resize(planes[i], (size, size), interpolation=cv2.INTER_LINEAR)
     return cv2.transform(cv2.merge(planes), YUV_TO_BGR)
 
 
-def decode_region(boxes: np.ndarray, width: int, height: int, pad: int = 4) -> tuple[int, int, int, int]:
-    """(N, 4) boxes of one video -> the part of its width x height frames they need, as even-aligned
-    (x, y, w, h): the union of the boxes, clipped to the frame and padded by `pad` px for the bilinear warp.
-    Cropping from the region with boxes shifted by (-x, -y) gives the same crops as cropping from whole frames."""
-    if len(boxes) == 0:
-        return 0, 0, width, height
-    boxes = np.asarray(boxes, float)
-    x0 = int(np.clip(np.floor(boxes[:, 0].min()) - pad, 0, width)) // 2 * 2
-    y0 = int(np.clip(np.floor(boxes[:, 1].min()) - pad, 0, height)) // 2 * 2
-    x1 = int(np.clip(np.ceil(boxes[:, 2].max()) + pad, 0, width))
-    y1 = int(np.clip(np.ceil(boxes[:, 3].max()) + pad, 0, height))
-    w, h = x1 - x0 + (x1 - x0) % 2, y1 - y0 + (y1 - y0) % 2
-    if x0 + w > width or y0 + h > height or w < 2 or h < 2:   # odd frame sizes, boxes off the frame
-        return 0, 0, width, height
-    return x0, y0, w, h
+#: Limited-range (video) -> full-range (JFIF) lookup tables for Y and for Cb/Cr, BT.601 both sides.
+_FULL_Y = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+_FULL_C = np.clip(np.round((np.arange(256) - 128) * 255 / 224 + 128), 0, 255).astype(np.uint8)
+
+
+def crop_jpeg_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray, box: np.ndarray, size: int,
+                     quality: int = 90) -> bytes:
+    """The JPEG of the crop of `box` from a planar 4:2:0 frame (planes as `crop_yuv420` takes them).
+
+    For even sizes the warped planes go straight into a 4:2:0 JPEG (libjpeg-turbo through simplejpeg), only
+    rescaled from the video's limited range to JFIF's full range: no BGR image, no colour conversion and no chroma
+    resampling in between (what `encode_jpeg(crop_yuv420(...))` does and then undoes). The decoded result equals
+    that route's to about 1 grey level. Odd sizes take that route. Deterministic for equal input and quality."""
+    if size % 2:
+        return encode_jpeg(crop_yuv420(y, u, v, box, size), quality)
+    import cv2
+    import simplejpeg
+
+    Y, U, V = _warp_planes(y, u, v, box, size)
+    return simplejpeg.encode_jpeg_yuv_planes(cv2.LUT(Y, _FULL_Y), cv2.LUT(U, _FULL_C), cv2.LUT(V, _FULL_C),
+                                             quality=int(quality))
+
+
+@dataclass(frozen=True)
+class DecodeWindow:
+    """The part of each frame ffmpeg cuts out before piping it: a `w` x `h` window (even sizes) whose top-left corner
+    in frame t is (x[t], y[t]) (even, constant over chunks of frames). Full-frame pixel p of frame t is window pixel
+    p - (x[t], y[t])."""
+    w: int
+    h: int
+    x: np.ndarray          # (N,) int
+    y: np.ndarray          # (N,) int
+
+    def offsets(self) -> np.ndarray:
+        """(N, 4) what to subtract from full-frame boxes [x0, y0, x1, y1] to get window boxes."""
+        return np.stack([self.x, self.y, self.x, self.y], axis=1).astype(float)
+
+
+def decode_windows(boxes: np.ndarray, width: int, height: int, chunk: int = 25, pad: int = 4) -> DecodeWindow:
+    """(N, 4) boxes of one video's frames -> the window ffmpeg should cut out of each frame so that every crop can
+    be made from it: per chunk of `chunk` frames the union of the chunk's boxes padded by `pad` px (for the
+    bilinear warp) and clipped to the frame; one window size for the video (the largest chunk union, so a moving
+    person costs no more than the box and half a second of motion), placed per chunk. Even-aligned (4:2:0)."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    n = len(boxes)
+    full = DecodeWindow(width - width % 2, height - height % 2, np.zeros(n, int), np.zeros(n, int))
+    if n == 0 or width < 2 or height < 2:
+        return full
+    starts = np.arange(0, n, chunk)
+    lo = np.minimum.reduceat(boxes[:, :2], starts, axis=0)
+    hi = np.maximum.reduceat(boxes[:, 2:], starts, axis=0)
+    lo = np.clip(np.floor(lo) - pad, 0, [width, height]).astype(int) // 2 * 2
+    hi = np.clip(np.ceil(hi) + pad, 0, [width, height]).astype(int)
+    size = np.maximum(hi - lo, 2).max(axis=0)
+    w, h = (int(v) for v in np.minimum(size + size % 2, [full.w, full.h]))
+    x = np.clip(lo[:, 0], 0, full.w - w) // 2 * 2
+    y = np.clip(lo[:, 1], 0, full.h - h) // 2 * 2
+    reps = np.diff(np.append(starts, n))
+    return DecodeWindow(w, h, np.repeat(x, reps), np.repeat(y, reps))
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:

@@ -129,16 +129,16 @@ def _crop_video(video: Path, camera: Camera, boxes: np.ndarray, cfg: ExtractConf
     """Decode one video front to back, `put` the JPEG crops of its first len(boxes) frames; returns its frames."""
     from h36m_tools.video import VideoInfo
 
-    from .crop import crop_yuv420, decode_region, encode_jpeg
+    from .crop import crop_jpeg_yuv420, decode_windows
     from .decode import iter_yuv420
 
     info = VideoInfo(camera.intrinsics.width, camera.intrinsics.height, 50.0)
-    region = decode_region(boxes, info.width, info.height)          # only the part the boxes need
-    local = np.asarray(boxes, float) - [region[0], region[1], region[0], region[1]]
+    window = decode_windows(boxes, info.width, info.height)          # only the part the boxes need
+    local = np.asarray(boxes, float) - window.offsets()
     n = 0
-    for n, (y, u, v) in enumerate(iter_yuv420(video, info, region=region), start=1):
+    for n, (y, u, v) in enumerate(iter_yuv420(video, info, window=window), start=1):
         if n <= len(boxes):
-            put(encode_jpeg(crop_yuv420(y, u, v, local[n - 1], cfg.size), cfg.quality))
+            put(crop_jpeg_yuv420(y, u, v, local[n - 1], cfg.size, cfg.quality))
     return n
 
 

@@ -88,6 +88,77 @@ def test_yuv_crop_equals_bgr_crop_and_is_black_outside(realdata, mmpose):
     assert crop[: SIZE // 2 - 2, : SIZE // 2 - 2].max() <= 1 and crop[-20:, -20:].mean() > 20
 
 
+def test_jpeg_from_planes_equals_the_bgr_route(realdata, mmpose):
+    """The crop JPEG made from the warped 4:2:0 planes decodes to what encoding the BGR crop gives (same quality),
+    at even and odd sizes, and is black outside the frame."""
+    import cv2
+
+    from pipelines.crop import crop_bgr, crop_jpeg_yuv420, crop_yuv420, encode_jpeg, joints_box
+
+    img = cv2.imread(str(realdata / "mmpose_h36m" / FRAMES[1]))
+    h, w = img.shape[:2]
+    h, w = h // 2 * 2, w // 2 * 2
+    i420 = cv2.cvtColor(img[:h, :w], cv2.COLOR_BGR2YUV_I420).reshape(-1)
+    y = i420[: w * h].reshape(h, w)
+    u = i420[w * h: w * h + w * h // 4].reshape(h // 2, w // 2)
+    v = i420[w * h + w * h // 4:].reshape(h // 2, w // 2)
+    box = joints_box(mmpose["part"][1, :, :2], MARGIN)
+
+    def decode(b):
+        return cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR).astype(float)
+
+    for size in (SIZE, 63):
+        ours = decode(crop_jpeg_yuv420(y, u, v, box, size, 90))
+        assert ours.shape == (size, size, 3)
+        assert np.abs(ours - decode(encode_jpeg(crop_yuv420(y, u, v, box, size), 90))).mean() < 1.5
+        assert np.abs(ours - crop_bgr(img, box, size)).mean() < 4.0
+    assert crop_jpeg_yuv420(y, u, v, box, SIZE, 90) == crop_jpeg_yuv420(y, u, v, box, SIZE, 90)
+    assert len(crop_jpeg_yuv420(y, u, v, box, SIZE, 50)) < len(crop_jpeg_yuv420(y, u, v, box, SIZE, 95))
+    dark = decode(crop_jpeg_yuv420(y, u, v, np.array([-600.0, -600.0, 200.0, 200.0]), SIZE, 90))
+    assert dark[: SIZE // 2 - 8, : SIZE // 2 - 8].max() <= 3 and dark[-20:, -20:].mean() > 20
+
+
+def test_decode_windows_hold_every_padded_box_and_follow_the_person():
+    from pipelines.crop import decode_windows
+
+    rng = np.random.default_rng(1)
+    centre = np.cumsum(rng.normal(0, 6, (500, 2)), axis=0) + [500, 500]      # a person wandering about
+    side = rng.uniform(150, 300, (500, 1))
+    wander = np.concatenate([centre - side / 2, centre + side / 2], axis=1)
+    t = np.arange(200)[:, None]
+    leaving = np.c_[-150 + t, 850 + t, 150 + t, 1150 + t]                    # boxes reaching off the frame
+    for boxes in (wander, leaving):
+        w = decode_windows(boxes, 1000, 1002, chunk=25, pad=4)
+        assert w.w % 2 == 0 and w.h % 2 == 0 and not (w.x % 2).any() and not (w.y % 2).any()
+        assert (w.x >= 0).all() and (w.y >= 0).all() and (w.x + w.w <= 1000).all() and (w.y + w.h <= 1002).all()
+        need = np.clip(np.c_[np.floor(boxes[:, :2]) - 4, np.ceil(boxes[:, 2:]) + 4], 0, [1000, 1002, 1000, 1002])
+        assert (w.x <= need[:, 0]).all() and (w.y <= need[:, 1]).all()
+        assert (w.x + w.w >= need[:, 2]).all() and (w.y + w.h >= need[:, 3]).all()
+    w = decode_windows(wander, 1000, 1002, chunk=25)
+    assert len(np.unique(w.x[:25])) == 1 and len(np.unique(w.x)) > 5           # constant per chunk, follows
+    whole = decode_windows(wander, 1000, 1002, chunk=len(wander))             # one window for the whole video
+    assert w.w * w.h < 0.5 * whole.w * whole.h                                # far fewer bytes per frame
+
+
+def test_decoding_a_moving_window_gives_the_frames_pixels(small_release):
+    from h36m_tools.video import probe
+    from pipelines.crop import decode_windows
+    from pipelines.decode import iter_yuv420
+
+    video = next((small_release / "S1" / "Videos").glob("*.54138969.mp4"))
+    info = probe(video)
+    full = [y.copy() for y, _, _ in iter_yuv420(video, info)]
+    t = np.arange(len(full) - 3)[:, None]                         # no boxes for the last 3 frames
+    boxes = np.c_[10 + t * 0.5, 20 + t * 0.3, 90 + t * 0.5, 100 + t * 0.3]
+    w = decode_windows(boxes, info.width, info.height, chunk=10)
+    assert len(np.unique(w.x)) > 1
+    got = [(y.copy(), u.shape) for y, u, _ in iter_yuv420(video, info, window=w)]
+    assert len(got) == len(full)
+    for i, (y, ushape) in enumerate(got):
+        x0, y0 = (w.x[i], w.y[i]) if i < len(w.x) else (w.x[-1], w.y[-1])
+        assert np.array_equal(y, full[i][y0:y0 + w.h, x0:x0 + w.w]) and ushape == (w.h // 2, w.w // 2)
+
+
 def test_mask_extent_is_the_pixel_extent_in_video_pixels():
     from pipelines.crop import mask_extent, square_box
 
