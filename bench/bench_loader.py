@@ -1,9 +1,11 @@
 """Loader benchmark: crops/s of pipelines.loader against the JPEG decode limit and the usual baseline, one run.
 
-    .venv/bin/python bench/bench_loader.py [--release RAW] [--work bench/out/loader] [--seconds 5] [--rounds 3]
+    .venv/bin/python bench/bench_loader.py [--release RAW] [--work bench/out/loader] [--noise 8] [--seconds 15] [--rounds 3]
 
 Data: a synthetic release at the real video size (scale 1.0: 1000x1000 / 1000x1002; written once into --work, or
---release), extracted by `h36m extract` to --crop px crops and sharded by `h36m shard` into --clip-frame clips.
+--release) with sensor noise 8, which makes full-frame JPEGs the size of real H36M frames' (100 kB vs 89-101 kB at
+quality 90) and 224 px crops of 9.3 kB (real: 9.7-13.1 kB, bench/RESULTS_extract.md), extracted by
+`h36m extract` to --crop px crops and sharded by `h36m shard` into --clip-frame clips.
 Measured in the same run on the same data, for P = 1 and 2 processes, each run about --seconds long:
   loader     one epoch of make_loader(workers=P, batch_size=--batch, default shuffle) over the shard list repeated
              so that it lasts --seconds: tar reading, decoding, batching, hand-over from the workers, start-up.
@@ -224,12 +226,13 @@ def main_bench() -> None:
     ap.add_argument("--release", default=None, help="An existing release to use instead of writing one.")
     ap.add_argument("--frames", type=int, default=100, help="Pose frames per synthetic sequence.")
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--noise", type=float, default=3.0, help="synthetic sensor noise (grey levels; synth's default "
-                    "3; 8 gives full-frame JPEGs the size of real H36M frames')")
+    ap.add_argument("--noise", type=float, default=8.0, help="synthetic sensor noise (grey levels; synth's default "
+                    "is 3; 8 gives full-frame JPEGs the size of real H36M frames')")
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--clip", type=int, default=16, help="Frames per clip.")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=5.0, help="Length of each timed run.")
+    ap.add_argument("--seconds", type=float, default=15.0, help="Length of each timed run (an epoch: the loader's "
+                    "start-up, about 0.2 s, is part of it, as in training, where epochs last minutes).")
     ap.add_argument("--rounds", type=int, default=3, help="Interleaved repetitions; the median is reported.")
     args = ap.parse_args()
     extracted, shards, frames_dir = prepare(args)

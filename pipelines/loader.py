@@ -40,8 +40,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_sample, iter_tar_members
 
 REQUIRED = ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS)
-#: Image buffers a worker recycles: the DataLoader's prefetch (2) + the batch in use + one being filled.
-POOL = 4
+#: Image buffers a worker recycles beyond its prefetched batches: the batch in use + one being filled.
+POOL_EXTRA = 2
 KEYS = ("images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "key", "meta", "cameras")
 
 
@@ -63,6 +63,7 @@ class LoaderConfig:
     world_size: int | None = None
     equal_batches: bool = True       # same batch count on every rank (training); False: every sample once (eval)
     pin_memory: bool = False
+    prefetch: int = 2                # batches each worker may have ready ahead of the consumer (memory!)
 
 
 @dataclass
@@ -498,7 +499,7 @@ class ClipStream(IterableDataset):
     def __init__(self, cfg: LoaderConfig, rank: int):
         self.cfg, self.rank = cfg, rank
         self.plans: list[ReaderPlan] = []
-        self.busy: torch.Tensor | None = None       # (workers, POOL) shared flags of the ImagePools
+        self.busy: torch.Tensor | None = None       # (workers, prefetch + POOL_EXTRA) flags of the ImagePools
 
     def __iter__(self):
         info = get_worker_info()
@@ -531,7 +532,7 @@ class ShardLoader:
         self.dataset = ClipStream(cfg, self.rank)
         self._loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, collate_fn=_as_is, num_workers=cfg.workers, pin_memory=cfg.pin_memory,
-            prefetch_factor=2 if cfg.workers else None)
+            prefetch_factor=cfg.prefetch if cfg.workers else None)
 
     def plans(self, epoch: int | None = None) -> list[ReaderPlan]:
         c = self.cfg
@@ -555,7 +556,8 @@ class ShardLoader:
         busy = None
         if self.cfg.workers > 0:
             with torch.inference_mode(False):     # the flags are written later, whatever mode the consumer is in
-                busy = self.dataset.busy = torch.zeros((self.cfg.workers, POOL), dtype=torch.int8).share_memory_()
+                busy = self.dataset.busy = torch.zeros((self.cfg.workers, self.cfg.prefetch + POOL_EXTRA),
+                                                       dtype=torch.int8).share_memory_()
         for item in self._loader:
             self.stats.add(item.pop("_stats"))
             slot = item.pop("_slot", None)
