@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_sample, iter_tar_members
+from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_jpeg, decode_sample, iter_tar_members
 
 REQUIRED = ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS)
 #: Image buffers a worker recycles beyond its prefetched batches: the batch in use + one being filled.
@@ -444,10 +444,7 @@ def decode_into(out: np.ndarray, clip: Clip) -> None:
     flip = bool(clip.meta.get("flipped"))
     for v, frames in enumerate(clip.jpeg):
         for t, data in enumerate(frames):
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if img is None or img.shape != (size, size, 3):
-                got = "not a decodable JPEG" if img is None else f"{img.shape[1]}x{img.shape[0]}"
-                raise ValueError(f"v{v}_{t:04d}.jpg: {got}, expected a {size}x{size} JPEG")
+            img = decode_jpeg(data, f"v{v}_{t:04d}.jpg", size)
             if flip:
                 img = cv2.flip(img, 1)
             dst = out[v, t]

@@ -151,6 +151,19 @@ def decode_sample(sample: dict) -> Clip:
     return Clip(key=key, meta=meta, cameras=cameras, jpeg=jpeg, source=str(sample.get("__url__", "")), **arrays)
 
 
+def decode_jpeg(data: bytes, name: str, size: int) -> np.ndarray:
+    """One crop's JPEG bytes -> (size, size, 3) uint8 BGR; ValueError naming the member `name` if the bytes do not
+    decode, or decode to another size."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{name}: not a decodable JPEG")
+    if img.shape != (size, size, 3):
+        raise ValueError(f"{name}: {img.shape[1]}x{img.shape[0]}, expected {size}x{size}")
+    return img
+
+
 def decode_images(clip: Clip) -> Clip:
     """Decode the clip's JPEGs into `clip.images` (V, F, H, W, 3) uint8 RGB; raises ValueError on a bad JPEG."""
     import cv2
@@ -159,12 +172,7 @@ def decode_images(clip: Clip) -> Clip:
     out = np.empty((clip.views, clip.frames, size, size, 3), np.uint8)
     for v, frames in enumerate(clip.jpeg):
         for t, data in enumerate(frames):
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
-                raise ValueError(f"v{v}_{t:04d}.jpg: not a decodable JPEG")
-            if img.shape != (size, size, 3):
-                raise ValueError(f"v{v}_{t:04d}.jpg: {img.shape[1]}x{img.shape[0]}, expected {size}x{size}")
-            cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[v, t])
+            cv2.cvtColor(decode_jpeg(data, f"v{v}_{t:04d}.jpg", size), cv2.COLOR_BGR2RGB, dst=out[v, t])
     clip.images = out
     return clip
 
