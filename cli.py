@@ -370,11 +370,7 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
                                    grad_accum=grad_accum, workers=workers, seed=seed, max_steps=max_steps,
                                    checkpoint_every=checkpoint_every, device=device, compile=compile_)
                 result = T.train(cfg, on_progress=None if quiet else on_event)
-    except ValueError as e:
-        from h36m_tools.errors import H36MError
-
-        if isinstance(e, H36MError):
-            raise
+    except ValueError as e:     # bad options; H36MError (a ValueError too) gives the same one line
         _fail(str(e))
     if not quiet:
         state = "complete" if result.done else "stopped (continue with --resume)"
@@ -432,11 +428,7 @@ def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, 
             report = run_eval(cfg, on_progress=on_progress)
         finally:
             progress.stop()
-    except ValueError as e:
-        from h36m_tools.errors import H36MError
-
-        if isinstance(e, H36MError):
-            raise
+    except ValueError as e:     # bad options; H36MError (a ValueError too) gives the same one line
         _fail(str(e))
     write_report(report, default_out(cfg), plots=cfg.plots)
     _print_report(console, report)
@@ -477,11 +469,7 @@ def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
 
     try:
         result = run_demo(cfg, on_progress=on_event)
-    except ValueError as e:
-        from h36m_tools.errors import H36MError
-
-        if isinstance(e, H36MError):
-            raise
+    except ValueError as e:     # bad options; H36MError (a ValueError too) gives the same one line
         _fail(str(e))
     finally:
         for bar in bars.values():

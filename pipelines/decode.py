@@ -32,9 +32,11 @@ def _widen_pipe(pipe, frame_bytes: int) -> None:
 def piecewise(values: np.ndarray) -> str:
     """(N,) ints -> an ffmpeg expression of the frame number `n` equal to values[n] (values[-1] past the end): a
     balanced tree of `if(lt(n,k),a,b)` over the runs of equal values, so each frame evaluates O(log runs)."""
-    values = np.asarray(values, int)
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else np.zeros(1, int)
-    vals = values[starts] if len(values) else np.zeros(1, int)
+    values = np.asarray(values, int).reshape(-1)
+    if values.size == 0:
+        return "0"
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    vals = values[starts]
 
     def tree(i: int, j: int) -> str:
         if j - i == 1:
