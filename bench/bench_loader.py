@@ -9,8 +9,11 @@ quality 90) and 224 px crops of 9.3 kB (real: 9.7-13.1 kB, bench/RESULTS_extract
 Measured in the same run on the same data, for P = 1 and 2 processes, each run about --seconds long:
   loader     one epoch of make_loader(workers=P, batch_size=--batch, default shuffle) over the shard list repeated
              so that it lasts --seconds: tar reading, decoding, batching, hand-over from the workers, start-up.
-  decode     the same JPEG bytes (every crop in the shards) decoded with cv2.imdecode in a tight loop by P
-             processes: the ceiling for any loader that ships these JPEGs.
+  decode     the same JPEG bytes (every crop in the shards) decoded in a tight loop by P processes, with the
+             loader's decoder (libjpeg-turbo through simplejpeg, into one reused buffer): the ceiling for any
+             loader that ships these JPEGs.
+  cv2        the same loop with cv2.imdecode (the same libjpeg-turbo pixels, about 20 % slower): for reference,
+             the decode limit of earlier rounds.
   baseline   the usual alternative: full-frame JPEG files on disk (one per video frame and camera, quality 90) and
              a map-style Dataset that per sample reads and decodes V x F full frames and crops them to the same
              boxes (cv2.warpAffine), DataLoader(batch_size=--batch, num_workers=P, shuffle=True).
@@ -41,9 +44,12 @@ def prepare(args) -> tuple[Path, Path, Path]:
     from cli import main
 
     work = Path(args.work)
-    tag = "" if args.noise == 3.0 else f"_noise{args.noise:g}"
+    tag = ("" if args.noise == 3.0 else f"_noise{args.noise:g}") + ("" if args.frames == 100 else f"_f{args.frames}")
     release = Path(args.release) if args.release else work / f"release{tag}"
-    extracted, shards = work / f"extracted{args.crop}{tag}", work / f"shards{args.crop}_{args.clip}{tag}"
+    # 2 clips a shard, so that every shard holds the same number of samples: the workers then get equal work, as
+    # with the equal 256 MB shards of real use (with 8 MB shards, 11 + 1 samples, one worker idled at the end)
+    shard_mb = 2.5 * (4 * args.clip * args.crop ** 2 * 3 / 16 + 30e3) / 1e6
+    extracted, shards = work / f"extracted{args.crop}{tag}", work / f"shards{args.crop}_{args.clip}{tag}_2a"
     frames = work / f"fullframes{tag}"
 
     def cli(*a):
@@ -60,7 +66,7 @@ def prepare(args) -> tuple[Path, Path, Path]:
     if not (extracted / "manifest.json").is_file():
         cli("extract", release, extracted, "--size", args.crop, "--workers", 2)
     if not (shards / "train-index.json").is_file():
-        cli("shard", extracted, shards, "--frames", args.clip, "--subjects", "S1,S9", "--shard-mb", 8)
+        cli("shard", extracted, shards, "--frames", args.clip, "--subjects", "S1,S9", "--shard-mb", f"{shard_mb:.3f}")
     if not (frames / "done").is_file():
         write_fullframes(extracted, release, frames)
     return extracted, shards, frames
@@ -140,14 +146,23 @@ def bench_loader(shards: Path, workers: int, batch: int, seconds: float) -> Run:
 # ----------------------------------------------------------------------------------------- the decode limit
 
 def _decode_loop(args) -> int:
+    """Decode `blobs` over and over for `seconds`: with simplejpeg (the loader's decoder) into one reused RGB
+    buffer, or with cv2.imdecode (BGR, a new array each) -> crops decoded."""
     import cv2
+    import simplejpeg
 
     cv2.setNumThreads(1)
-    blobs, seconds = args
+    blobs, seconds, how = args
+    h, w = simplejpeg.decode_jpeg_header(blobs[0])[:2]
+    buf = np.empty((h, w, 3), np.uint8)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for b in blobs:
-            cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+        if how == "simplejpeg":
+            for b in blobs:
+                simplejpeg.decode_jpeg(b, "RGB", buffer=buf)
+        else:
+            for b in blobs:
+                cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
         n += len(blobs)
     return n
 
@@ -159,12 +174,12 @@ def shard_jpegs(shards: Path) -> list[bytes]:
             for k, v in raw.items() if k.endswith(".jpg")]
 
 
-def bench_decode(jpegs: list[bytes], procs: int, seconds: float) -> Run:
+def bench_decode(jpegs: list[bytes], procs: int, seconds: float, how: str = "simplejpeg") -> Run:
     def run():
         if procs == 1:
-            return _decode_loop((jpegs, seconds))
+            return _decode_loop((jpegs, seconds, how))
         with mp.get_context("fork").Pool(procs) as pool:
-            return sum(pool.map(_decode_loop, [(jpegs[i::procs], seconds) for i in range(procs)]))
+            return sum(pool.map(_decode_loop, [(jpegs[i::procs], seconds, how) for i in range(procs)]))
 
     return timed(run)
 
@@ -241,11 +256,12 @@ def main_bench() -> None:
 
     torch.set_num_threads(1)
     load0 = os.getloadavg()[0]
-    methods = ("loader", "decode", "baseline")
+    methods = ("loader", "decode", "cv2", "baseline")
     runs = {(p, m): [] for p in (1, 2) for m in methods}
     for r in range(args.rounds):
         for p in (1, 2):
             runs[p, "decode"].append(bench_decode(jpegs, p, args.seconds))
+            runs[p, "cv2"].append(bench_decode(jpegs, p, args.seconds, "cv2"))
             runs[p, "loader"].append(bench_loader(shards, p, args.batch, args.seconds))
             runs[p, "baseline"].append(bench_baseline(extracted, frames_dir, args.clip, args.crop, p, args.batch,
                                                       args.seconds))
@@ -265,14 +281,15 @@ def main_bench() -> None:
     def ratio(p, a, b, attr):       # per-round ratio of runs taken back to back, then the median
         return float(np.median([getattr(x, attr) / getattr(y, attr) for x, y in zip(runs[p, a], runs[p, b])]))
 
-    print("| processes | loader crops/s | decode limit crops/s | baseline crops/s | loader / decode | "
-          "loader / baseline | loader / decode per CPU-s | loader / baseline per CPU-s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| processes | loader crops/s | decode limit crops/s | cv2.imdecode loop crops/s | baseline crops/s | "
+          "loader / decode | loader / baseline | loader / decode per CPU-s | loader / baseline per CPU-s | "
+          "loader / cv2.imdecode loop |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in (1, 2):
-        print(f"| {p} | {med(p, 'loader', 'rate'):.0f} | {med(p, 'decode', 'rate'):.0f} | "
+        print(f"| {p} | {med(p, 'loader', 'rate'):.0f} | {med(p, 'decode', 'rate'):.0f} | {med(p, 'cv2', 'rate'):.0f} | "
               f"{med(p, 'baseline', 'rate'):.0f} | {ratio(p, 'loader', 'decode', 'rate'):.2f}x | "
               f"{ratio(p, 'loader', 'baseline', 'rate'):.1f}x | {ratio(p, 'loader', 'decode', 'per_cpu'):.2f}x | "
-              f"{ratio(p, 'loader', 'baseline', 'per_cpu'):.1f}x |")
+              f"{ratio(p, 'loader', 'baseline', 'per_cpu'):.1f}x | {ratio(p, 'loader', 'cv2', 'rate'):.2f}x |")
 
 
 if __name__ == "__main__":

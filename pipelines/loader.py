@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_jpeg, decode_sample, iter_tar_members
+from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_jpeg, decode_sample, iter_tar_members, split_key
 
 REQUIRED = ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS)
 #: Image buffers a worker recycles beyond its prefetched batches: the batch in use + one being filled.
@@ -72,6 +72,8 @@ class LoaderStats:
     skipped_shards: int = 0
     skipped_samples: int = 0
     samples: int = 0
+    buffers: int = 0            # image buffers the readers allocated (more than workers x (prefetch + 2): the
+                                # consumer holds on to batches, so each batch gets new memory)
 
     def add(self, other: "LoaderStats") -> None:
         for f in fields(self):
@@ -267,8 +269,7 @@ class _Reader:
             return
         n = 0
         try:
-            members = ({**m, "__url__": unit.url} for m in iter_tar_members(stream))
-            for i, raw in enumerate(group_by_keys(members)):
+            for i, raw in enumerate(group_by_keys(iter_tar_members(stream, unit.url), keys=split_key)):
                 n = i + 1
                 mine = i % unit.modulo == unit.residue
                 missing = incomplete(raw)
@@ -342,14 +343,20 @@ class _Reader:
             yield random_flip(clip, self.rng) if self.augment else clip
 
     def batches(self, clips: Iterator[Clip]) -> Iterator[dict]:
-        """Batches of `batch_size` clips (the last one short), JPEGs decoded straight into the batch's image tensor
-        (in shared memory inside a worker, so handing it to the main process copies nothing)."""
+        """Batches of `batch_size` clips (the last one short), JPEGs decoded straight into the batch's image buffer
+        (B, MAX_VIEWS, F, S, S, 3) (in shared memory inside a worker, so handing it to the main process copies
+        nothing), handed out as the (B, MAX_VIEWS, F, 3, S, S) view of it (channels-last strides)."""
         images, slot, batch = None, None, []
         for clip in clips:
             if images is None:
-                shape = (self.batch_size, MAX_VIEWS, clip.frames, 3, int(clip.meta["crop_size"]))
-                shape += shape[-1:]
+                size = int(clip.meta["crop_size"])
+                shape = (self.batch_size, MAX_VIEWS, clip.frames, size, size, 3)
                 images, slot = self.pool.take(shape) if self.pool else (_new_images(shape), None)
+                if slot is not None and not slot.new:      # the consumer has this buffer mapped already
+                    send = None
+                else:
+                    send = images
+                    self.stats.buffers += 1
             try:
                 decode_into(images[len(batch)].numpy(), clip)
             except ValueError as e:
@@ -358,10 +365,10 @@ class _Reader:
             self.stats.samples += 1
             batch.append(clip)
             if len(batch) == self.batch_size:
-                yield {**collate(batch, images), "_slot": slot}
+                yield {**collate(batch), "_images": send, "_slot": slot}
                 images, batch = None, []
         if batch:
-            yield {**collate(batch, images[: len(batch)]), "_slot": slot}
+            yield {**collate(batch), "_images": send, "_slot": slot}
 
     def _delta(self) -> LoaderStats:
         d = LoaderStats(*(getattr(self.stats, f.name) - getattr(self.reported, f.name) for f in fields(LoaderStats)))
@@ -393,27 +400,39 @@ def _new_images(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).new(storage).view(shape)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Buffer k of worker w's ImagePool; `new`: the buffer was (re)made for this batch, so it travels with it."""
+    worker: int
+    k: int
+    new: bool
+
+
 class ImagePool:
-    """The image buffers of one worker, reused once the main process has let go of them.
+    """The image buffers of one worker, reused once the consumer has let go of them.
 
     A new buffer for every batch costs a page fault per 4 kB on first touch, which costs about as much as decoding
-    the JPEGs into it. `busy` (K,) int8 lives in shared memory: the worker sets busy[k] when it fills buffer k, and
-    the main process clears it when the last reference to that batch's image storage dies (a weakref finalizer
-    on the storage, so views and numpy arrays of the images keep it busy). With all K busy (a consumer holding on
-    to batches) the worker takes a fresh buffer, so it never waits."""
+    the JPEGs into it; sending a shared-memory buffer costs the consumer a connection to the worker (to receive its
+    file descriptor) and a fresh mapping. So a buffer travels once, with the first batch it holds; later batches in
+    it send only its Slot, and the consumer (ShardLoader) keeps the mapping for the rest of the pass.
+    `busy` (K,) int8 lives in shared memory: the worker sets busy[k] when it fills buffer k, and the consumer clears
+    it when the last reference to that batch's images dies (a weakref finalizer on the images' storage, which is the
+    batch's own, so views and numpy arrays of the images keep it busy). With all K busy (a consumer holding on to
+    batches) the worker takes a fresh buffer, so it never waits."""
 
     def __init__(self, busy: torch.Tensor, worker: int):
         self.busy, self.worker = busy, worker
         self.buffers: dict[int, torch.Tensor] = {}
 
-    def take(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    def take(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, Slot | None]:
         for k in range(self.busy.shape[0]):
             if int(self.busy[k]) == 0:
                 buf = self.buffers.get(k)
-                if buf is None or tuple(buf.shape) != tuple(shape):
+                new = buf is None or tuple(buf.shape) != tuple(shape)
+                if new:
                     buf = self.buffers[k] = _new_images(shape)
                 self.busy[k] = 1
-                return buf, (self.worker, k)
+                return buf, Slot(self.worker, k, new)
         return _new_images(shape), None
 
 
@@ -436,34 +455,33 @@ def incomplete(raw: dict) -> str | None:
 
 
 def decode_into(out: np.ndarray, clip: Clip) -> None:
-    """Decode a clip's JPEGs into `out` (>= V views, F, 3, S, S) uint8 RGB, mirrored if `clip.meta['flipped']`;
-    views past the clip's are zeroed. Raises ValueError on a JPEG that does not decode to S x S."""
+    """Decode a clip's JPEGs into `out` (>= V views, F, S, S, 3) uint8 RGB (C-contiguous), mirrored if
+    `clip.meta['flipped']`; views past the clip's are zeroed. Raises ValueError on a JPEG that does not decode to
+    S x S."""
     import cv2
 
-    size = out.shape[-1]
+    size = out.shape[-2]
     flip = bool(clip.meta.get("flipped"))
     for v, frames in enumerate(clip.jpeg):
         for t, data in enumerate(frames):
-            img = decode_jpeg(data, f"v{v}_{t:04d}.jpg", size)
+            dst = decode_jpeg(data, f"v{v}_{t:04d}.jpg", size, out[v, t])
             if flip:
-                img = cv2.flip(img, 1)
-            dst = out[v, t]
-            cv2.split(img, [dst[2], dst[1], dst[0]])        # BGR (H, W, 3) -> RGB planes, no temporary
+                cv2.flip(dst, 1, dst)
     out[clip.views:] = 0
 
 
 def decode_chw(clip: Clip) -> Clip:
-    """Decode the JPEGs into `clip.images` (V, F, 3, H, W) uint8 RGB (mirrored if the clip was flipped)."""
+    """Decode the JPEGs into `clip.images` (V, F, 3, H, W) uint8 RGB (mirrored if the clip was flipped): the loader's
+    layout, a channels-last view of a (V, F, H, W, 3) array."""
     size = int(clip.meta["crop_size"])
-    images = np.empty((clip.views, clip.frames, 3, size, size), np.uint8)
+    images = np.empty((clip.views, clip.frames, size, size, 3), np.uint8)
     decode_into(images, clip)
-    clip.images = images
+    clip.images = images.transpose(0, 1, 4, 2, 3)
     return clip
 
 
-def collate(clips: list[Clip], images: torch.Tensor) -> dict:
-    """Clips (same F and crop size) and their decoded (B, MAX_VIEWS, F, 3, S, S) images -> the batch dict, views
-    zero-padded to MAX_VIEWS."""
+def collate(clips: list[Clip]) -> dict:
+    """Clips (same F and crop size) -> the batch dict without its images, views zero-padded to MAX_VIEWS."""
     B, V, F = len(clips), MAX_VIEWS, clips[0].frames
     pose2d = np.zeros((B, V, F, 17, 2), np.float32)
     pose3d_cam = np.zeros((B, V, F, 17, 3), np.float32)
@@ -473,7 +491,7 @@ def collate(clips: list[Clip], images: torch.Tensor) -> dict:
         n = c.views
         pose2d[b, :n], pose3d_cam[b, :n], box[b, :n] = c.pose2d, c.pose3d_cam, c.box
         mask[b, :n] = True
-    return {"images": images, "pose2d": pose2d, "pose3d_cam": pose3d_cam,
+    return {"pose2d": pose2d, "pose3d_cam": pose3d_cam,
             "pose3d": np.stack([c.pose3d for c in clips]).astype(np.float32), "box": box, "view_mask": mask,
             "key": [c.key for c in clips], "meta": [c.meta for c in clips], "cameras": [c.cameras for c in clips]}
 
@@ -502,7 +520,7 @@ class ClipStream(IterableDataset):
         info = get_worker_info()
         w = info.id if info is not None else 0
         cfg = self.cfg
-        pool = ImagePool(self.busy[w], w) if info is not None and self.busy is not None else None
+        pool = ImagePool(self.busy[w], w) if self.busy is not None else None
         yield from _Reader(self.plans[w], cfg.batch_size, cfg.shuffle, cfg.augment,
                            [cfg.seed, cfg.epoch, self.rank, w], pool)
 
@@ -528,8 +546,8 @@ class ShardLoader:
         self.stats = LoaderStats()
         self.dataset = ClipStream(cfg, self.rank)
         self._loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=None, collate_fn=_as_is, num_workers=cfg.workers, pin_memory=cfg.pin_memory,
-            prefetch_factor=cfg.prefetch if cfg.workers else None)
+            self.dataset, batch_size=None, collate_fn=_as_is, num_workers=cfg.workers,
+            prefetch_factor=cfg.prefetch if cfg.workers else None)     # pinning: in __iter__, after the mapping
 
     def plans(self, epoch: int | None = None) -> list[ReaderPlan]:
         c = self.cfg
@@ -550,22 +568,30 @@ class ShardLoader:
     def __iter__(self) -> Iterator[dict]:
         self.stats = LoaderStats()
         self.dataset.plans = self.plans()
-        busy = None
-        if self.cfg.workers > 0:
-            with torch.inference_mode(False):     # the flags are written later, whatever mode the consumer is in
-                busy = self.dataset.busy = torch.zeros((self.cfg.workers, self.cfg.prefetch + POOL_EXTRA),
-                                                       dtype=torch.int8).share_memory_()
+        cfg = self.cfg
+        with torch.inference_mode(False):     # the flags are written later, whatever mode the consumer is in
+            busy = self.dataset.busy = torch.zeros((max(cfg.workers, 1), cfg.prefetch + POOL_EXTRA), dtype=torch.int8)
+        if cfg.workers > 0:
+            busy.share_memory_()
+        pin = cfg.pin_memory and torch.cuda.is_available()
+        buffers: dict[tuple[int, int], np.ndarray] = {}      # the workers' pool buffers, mapped once per pass
         for item in self._loader:
             self.stats.add(item.pop("_stats"))
-            slot = item.pop("_slot", None)
-            if slot is not None and busy is not None:
-                weakref.finalize(item["images"].untyped_storage(), _release, busy, *slot)
-            if "images" in item:
-                for k in SMALL:
-                    item[k] = torch.from_numpy(item[k])
-                    if self.cfg.pin_memory and torch.cuda.is_available():
-                        item[k] = item[k].pin_memory()
-                yield item
+            if "key" not in item:           # a reader's last message: its counts only
+                continue
+            sent, slot = item.pop("_images"), item.pop("_slot")
+            if slot is None:
+                hwc = sent
+            else:
+                if sent is not None:
+                    buffers[slot.worker, slot.k] = sent.numpy()
+                hwc = torch.from_numpy(buffers[slot.worker, slot.k])      # a storage of this batch's own
+                weakref.finalize(hwc.untyped_storage(), _release, busy, slot.worker, slot.k)
+            images = hwc[: len(item["key"])].permute(0, 1, 2, 5, 3, 4)
+            out = {"images": images.pin_memory() if pin else images}
+            for k, v in item.items():
+                out[k] = (torch.from_numpy(v).pin_memory() if pin else torch.from_numpy(v)) if k in SMALL else v
+            yield out
 
 
 def make_loader(cfg: LoaderConfig) -> ShardLoader:

@@ -96,8 +96,19 @@ def encode_clip(clip: Clip) -> list[tuple[str, bytes]]:
     return sorted(members.items())
 
 
+#: The header `np.save` writes for a C-order little-endian float32 array (format 1.0): read without numpy's
+#: literal_eval of it, which costs more than the rest of a sample's arrays.
+_NPY_F4 = re.compile(rb"\x93NUMPY\x01\x00..\{'descr': '<f4', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \} *\n",
+                     re.DOTALL)
+
+
 def _load_npy(data: bytes, name: str) -> np.ndarray:
-    try:
+    m = _NPY_F4.match(data)
+    if m and m.end() == 10 + int.from_bytes(data[8:10], "little"):
+        shape = tuple(int(d) for d in m.group(1).split(b",") if d.strip())
+        if len(data) - m.end() == 4 * int(np.prod(shape)):
+            return np.frombuffer(data, np.float32, offset=m.end()).reshape(shape).copy()
+    try:                                     # anything else (and every damaged file): numpy's own reader
         a = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
     except Exception as e:  # numpy raises ValueError / EOFError / UnicodeError on damaged headers
         raise ValueError(f"{name}.npy: not a readable .npy ({type(e).__name__}: {e})") from None
@@ -151,14 +162,22 @@ def decode_sample(sample: dict) -> Clip:
     return Clip(key=key, meta=meta, cameras=cameras, jpeg=jpeg, source=str(sample.get("__url__", "")), **arrays)
 
 
-def decode_jpeg(data: bytes, name: str, size: int) -> np.ndarray:
-    """One crop's JPEG bytes -> (size, size, 3) uint8 BGR; ValueError naming the member `name` if the bytes do not
-    decode, or decode to another size."""
-    import cv2
+def decode_jpeg(data: bytes, name: str, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """One crop's JPEG bytes -> (size, size, 3) uint8 RGB, decoded straight into `out` (a C-contiguous (size, size, 3)
+    uint8 array) when given; ValueError naming the member `name` if the bytes do not decode, or decode to another
+    size. libjpeg-turbo through simplejpeg: the same pixels as cv2.imdecode, about 20 % faster, and no temporary."""
+    import simplejpeg
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{name}: not a decodable JPEG")
+    try:
+        img = simplejpeg.decode_jpeg(data, "RGB", buffer=out)
+    except ValueError as e:
+        try:
+            h, w = simplejpeg.decode_jpeg_header(data)[:2]
+        except ValueError:
+            h = w = size
+        if (h, w) != (size, size):
+            raise ValueError(f"{name}: {w}x{h}, expected {size}x{size}") from None
+        raise ValueError(f"{name}: not a decodable JPEG ({e})") from None
     if img.shape != (size, size, 3):
         raise ValueError(f"{name}: {img.shape[1]}x{img.shape[0]}, expected {size}x{size}")
     return img
@@ -166,13 +185,11 @@ def decode_jpeg(data: bytes, name: str, size: int) -> np.ndarray:
 
 def decode_images(clip: Clip) -> Clip:
     """Decode the clip's JPEGs into `clip.images` (V, F, H, W, 3) uint8 RGB; raises ValueError on a bad JPEG."""
-    import cv2
-
     size = int(clip.meta["crop_size"])
     out = np.empty((clip.views, clip.frames, size, size, 3), np.uint8)
     for v, frames in enumerate(clip.jpeg):
         for t, data in enumerate(frames):
-            cv2.cvtColor(decode_jpeg(data, f"v{v}_{t:04d}.jpg", size), cv2.COLOR_BGR2RGB, dst=out[v, t])
+            decode_jpeg(data, f"v{v}_{t:04d}.jpg", size, out[v, t])
     clip.images = out
     return clip
 
@@ -549,25 +566,48 @@ def _octal(field: bytes) -> int:
     return int(text, 8) if text else 0
 
 
-def iter_tar_members(stream) -> Iterator[dict]:
-    """`{"fname", "data"}` of the regular files of a tar stream, in order: a lean reader of the ustar members that
-    `h36m shard` writes (GNU long names and pax `path` records are followed; other entries skipped), several times
-    faster than `tarfile` per member. Raises EOFError on a truncated archive (including a missing end-of-archive
-    block) and ValueError on a damaged header, after yielding the members before it."""
-    def read(n: int) -> bytes:          # a socket or pipe may return less than asked before its end
-        data = stream.read(n)
-        while len(data) < n:
-            more = stream.read(n - len(data))
-            if not more:
-                break
-            data += more
-        return data
+def iter_tar_members(stream, url: str | None = None, chunk: int = 1 << 20) -> Iterator[dict]:
+    """`{"fname", "data"}` (plus `"__url__": url` when given) of the regular files of a tar stream, in order: a lean
+    reader of the ustar members that `h36m shard` writes (GNU long names and pax `path` records are followed; other
+    entries skipped), reading `chunk` bytes at a time and several times faster than `tarfile` per member. Raises
+    EOFError on a truncated archive (including a missing end-of-archive block) and ValueError on a damaged header,
+    after yielding the members before it."""
+    buf = bytearray(chunk)              # bytes buf[pos:end] read and not used yet
+    view = memoryview(buf)
+    pos = end = 0
+    readinto = getattr(stream, "readinto", None)
 
+    def fill(n: int) -> bool:           # buf[pos:pos + n] readable? (a socket or pipe may return less than asked)
+        nonlocal buf, view, pos, end
+        if end - pos >= n:
+            return True
+        if n > len(buf) - pos:          # make room: move what is left to the front, grow if one member needs it
+            if n > len(buf):
+                view.release()
+                buf = buf[pos:end] + bytearray(max(n, chunk) - (end - pos))
+                view = memoryview(buf)
+            else:
+                buf[: end - pos] = view[pos:end]
+            pos, end = 0, end - pos
+        while end - pos < n:
+            if readinto is not None:
+                got = readinto(view[end:])
+            else:
+                more = stream.read(len(buf) - end)
+                got = len(more)
+                view[end:end + got] = more
+            if not got:
+                return False
+            end += got
+        return True
+
+    block = tarfile.BLOCKSIZE
     name_override = None
     while True:
-        h = read(tarfile.BLOCKSIZE)
-        if len(h) < tarfile.BLOCKSIZE:
-            raise EOFError("truncated tar: no end-of-archive block" if not h else "truncated tar header")
+        if not fill(block):
+            raise EOFError("truncated tar: no end-of-archive block" if pos == end else "truncated tar header")
+        h = bytes(view[pos:pos + block])
+        pos += block
         if not any(h):
             return
         try:
@@ -577,10 +617,11 @@ def iter_tar_members(stream) -> Iterator[dict]:
             ok = False
         if not ok:
             raise ValueError("damaged tar header (bad checksum)")
-        data = read(size)
-        pad = -size % tarfile.BLOCKSIZE
-        if len(data) < size or (pad and len(read(pad)) < pad):
+        padded = size + -size % block
+        if not fill(padded):
             raise EOFError("truncated tar: unexpected end of data")
+        data = bytes(view[pos:pos + size])
+        pos += padded
         kind = h[156:157]
         if kind == b"L":                                  # GNU long name of the next member
             name_override = data.rstrip(b"\0")
@@ -600,7 +641,24 @@ def iter_tar_members(stream) -> Iterator[dict]:
             prefix = h[345:500].split(b"\0", 1)[0]
             name = h[:100].split(b"\0", 1)[0]
             name = prefix + b"/" + name if prefix else name
-        yield {"fname": name.decode("utf-8", "replace"), "data": data}
+        member = {"fname": name.decode("utf-8", "replace"), "data": data}
+        if url is not None:
+            member["__url__"] = url
+        yield member
+
+
+def split_key(fname: str) -> tuple[str | None, str | None]:
+    """WebDataset's member name -> (sample key, extension) split (`base_plus_ext`: the key ends at the first dot of
+    the base name), without a regular expression; (None, None) for a name it would not group."""
+    slash = fname.rfind("/") + 1
+    dot = fname.find(".", slash)
+    if dot < 0:
+        return None, None
+    if dot == slash:                    # a base name starting with a dot: the regular expression's own rules
+        from webdataset.tariterators import base_plus_ext
+
+        return base_plus_ext(fname)
+    return fname[:dot], fname[dot + 1:]
 
 
 def iter_tar_samples(path: str | Path) -> Iterator[dict]:

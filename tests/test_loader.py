@@ -288,11 +288,12 @@ def test_augmenting_loader_flips_whole_samples(shards):
     assert len(flips) == 10 and 0 < sum(flips) < 10
 
 
-def test_recycled_image_buffers_are_not_overwritten_while_referenced(shards):
-    """Workers reuse an image buffer only after the main process dropped every reference to that batch's images:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_recycled_image_buffers_are_not_overwritten_while_referenced(shards, workers):
+    """Readers reuse an image buffer only after the consumer dropped every reference to that batch's images:
     views kept from every other batch still hold their clip at the end, and every batch is right on arrival."""
     ref = _reference_images(shards)
-    loader = make_loader(LoaderConfig(_urls(shards), batch_size=1, workers=2, equal_batches=False, seed=4))
+    loader = make_loader(LoaderConfig(_urls(shards), batch_size=1, workers=workers, equal_batches=False, seed=4))
     kept = []
     for i, batch in enumerate(loader):
         key, V = batch["key"][0], int(batch["view_mask"][0].sum())
@@ -303,6 +304,18 @@ def test_recycled_image_buffers_are_not_overwritten_while_referenced(shards):
     assert len(kept) == 5
     for key, view in kept:
         np.testing.assert_array_equal(view.numpy(), ref[key])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_buffers_are_recycled_when_batches_are_dropped(shards, workers):
+    """A consumer that lets each batch go gets its images in the readers' few pool buffers (mapped once), not in a
+    new buffer per batch."""
+    cfg = LoaderConfig(_urls(shards), batch_size=1, workers=workers, equal_batches=False, shuffle=0, prefetch=1)
+    loader = make_loader(cfg)
+    assert sum(1 for _ in loader) == 10
+    assert loader.stats.buffers <= max(workers, 1) * (cfg.prefetch + 2) < 10
+    held = list(loader)                 # a consumer that keeps every batch: a new buffer each, none overwritten
+    assert loader.stats.buffers == 10 and len({b["images"].data_ptr() for b in held}) == 10
 
 
 # ----------------------------------------------------------------------------------------- URLs
@@ -330,6 +343,52 @@ def test_tar_reader_follows_long_names_and_matches_tarfile(tmp_path):
             list(iter_tar_members(io.BytesIO(data[:1024])))
         with pytest.raises(ValueError, match="checksum"):
             list(iter_tar_members(io.BytesIO(data[:100] + b"?" + data[101:])))
+
+
+class _Trickle:
+    """A stream that returns at most `most` bytes a read, as a socket or pipe may."""
+
+    def __init__(self, data: bytes, most: int):
+        self.data, self.most, self.pos = data, most, 0
+
+    def read(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + min(n, self.most)]
+        self.pos += len(out)
+        return out
+
+
+def test_tar_reader_reads_a_real_shard_in_any_chunks_as_tarfile_does(shards):
+    """Every member of a real shard, name and bytes, as `tarfile` reads it, whatever the read sizes; a shard cut
+    anywhere ends in EOFError after the members before the cut."""
+    import tarfile
+
+    from pipelines.shard import iter_tar_members
+
+    path = shards / "train-000000.tar"
+    data = path.read_bytes()
+    with tarfile.open(path) as tf:
+        want = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]
+    for chunk, most in ((1 << 20, 1 << 30), (700, 300), (512, 1)):
+        got = [(m["fname"], m["data"]) for m in iter_tar_members(_Trickle(data, most), chunk=chunk)]
+        assert got == want
+    got = []
+    with pytest.raises(EOFError):
+        for m in iter_tar_members(_Trickle(data[: len(data) // 2], 4096), "u", chunk=1000):
+            got.append(m["fname"])
+            assert m["__url__"] == "u"
+    assert 0 < len(got) < len(want) and got == [n for n, _ in want[: len(got)]]
+
+
+def test_split_key_groups_member_names_as_webdataset_does():
+    import itertools
+
+    from webdataset.tariterators import base_plus_ext
+
+    from pipelines.shard import split_key
+
+    names = ["".join(t) for k in range(7) for t in itertools.product("a./", repeat=k)]
+    names += ["S1/Directions_1/000128.v0_0001.jpg", "S1/Walk Dog 1/000000.meta.json", "a/.b.c", "x/y.tar.gz"]
+    assert [split_key(n) for n in names] == [base_plus_ext(n) for n in names]
 
 
 def test_globs_braces_and_pipe_urls(shards):
