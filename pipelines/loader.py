@@ -566,6 +566,12 @@ class ShardLoader:
         return n
 
     def __iter__(self) -> Iterator[dict]:
+        if self.cfg.pin_memory and torch.cuda.is_available():      # pinned in a thread, as the DataLoader's would
+            yield from one_ahead(self._batches(), _pin_batch)
+        else:
+            yield from self._batches()
+
+    def _batches(self) -> Iterator[dict]:
         self.stats = LoaderStats()
         self.dataset.plans = self.plans()
         cfg = self.cfg
@@ -573,7 +579,6 @@ class ShardLoader:
             busy = self.dataset.busy = torch.zeros((max(cfg.workers, 1), cfg.prefetch + POOL_EXTRA), dtype=torch.int8)
         if cfg.workers > 0:
             busy.share_memory_()
-        pin = cfg.pin_memory and torch.cuda.is_available()
         buffers: dict[tuple[int, int], np.ndarray] = {}      # the workers' pool buffers, mapped once per pass
         for item in self._loader:
             self.stats.add(item.pop("_stats"))
@@ -587,11 +592,31 @@ class ShardLoader:
                     buffers[slot.worker, slot.k] = sent.numpy()
                 hwc = torch.from_numpy(buffers[slot.worker, slot.k])      # a storage of this batch's own
                 weakref.finalize(hwc.untyped_storage(), _release, busy, slot.worker, slot.k)
-            images = hwc[: len(item["key"])].permute(0, 1, 2, 5, 3, 4)
-            out = {"images": images.pin_memory() if pin else images}
+            out = {"images": hwc[: len(item["key"])].permute(0, 1, 2, 5, 3, 4)}
             for k, v in item.items():
-                out[k] = (torch.from_numpy(v).pin_memory() if pin else torch.from_numpy(v)) if k in SMALL else v
+                out[k] = torch.from_numpy(v) if k in SMALL else v
             yield out
+
+
+def _pin_batch(batch: dict) -> dict:
+    """The batch with its tensors copied to pinned memory (the shared image buffer is free again afterwards)."""
+    return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def one_ahead(items: Iterator, fn) -> Iterator:
+    """fn(item) for each item, in order, computed in one background thread while the consumer works on the previous
+    result (so pinning the next batch overlaps the current training step); an exception in fn is raised here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="h36m-loader") as pool:
+        pending = None
+        for item in items:
+            nxt = pool.submit(fn, item)
+            if pending is not None:
+                yield pending.result()
+            pending = nxt
+        if pending is not None:
+            yield pending.result()
 
 
 def make_loader(cfg: LoaderConfig) -> ShardLoader:

@@ -424,3 +424,28 @@ def test_http_shards_stream_like_local_files(shards):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_one_ahead_keeps_order_and_raises_the_workers_error():
+    """The pinning stage: every item once, in order, computed off the consumer's thread; its error reaches the
+    consumer at the item that failed."""
+    import threading
+
+    from pipelines.loader import one_ahead
+
+    main = threading.get_ident()
+    seen = []
+
+    def fn(x):
+        seen.append(threading.get_ident())
+        if x == 3:
+            raise RuntimeError("bad item 3")
+        return x * 10
+
+    assert list(one_ahead(iter(range(3)), fn)) == [0, 10, 20] and main not in seen
+    assert list(one_ahead(iter([]), fn)) == []
+    got = []
+    with pytest.raises(RuntimeError, match="bad item 3"):
+        for y in one_ahead(iter(range(6)), fn):
+            got.append(y)
+    assert got == [0, 10, 20]
