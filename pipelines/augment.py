@@ -39,7 +39,7 @@ def flip_camera(cam: dict) -> dict:
 def flip_clip(clip: Clip) -> Clip:
     """The mirrored clip (a new Clip; the input is not changed); `meta['flipped']` toggles. `images`, if decoded,
     are mirrored along their last axis (the loader's (V, F, 3, H, W)); the JPEG bytes stay as they are, and the
-    loader's decoding (loader.decode_into) mirrors the crops of a clip whose meta says 'flipped'."""
+    loader's decoding (shard.decode_into) mirrors the crops of a clip whose meta says 'flipped'."""
     size = float(clip.meta["crop_size"])
     widths = np.array([float(c["width"]) for c in clip.cameras], np.float32)[:, None]       # (V, 1)
     pose2d = clip.pose2d[..., FLIP17, :].copy()

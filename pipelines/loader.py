@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_jpeg, decode_sample, iter_tar_members, split_key
+from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_into, decode_sample, iter_tar_members, split_key
 
 REQUIRED = ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS)
 #: Image buffers a worker recycles beyond its prefetched batches: the batch in use + one being filled.
@@ -345,7 +345,8 @@ class _Reader:
     def batches(self, clips: Iterator[Clip]) -> Iterator[dict]:
         """Batches of `batch_size` clips (the last one short), JPEGs decoded straight into the batch's image buffer
         (B, MAX_VIEWS, F, S, S, 3) (in shared memory inside a worker, so handing it to the main process copies
-        nothing), handed out as the (B, MAX_VIEWS, F, 3, S, S) view of it (channels-last strides)."""
+        nothing); the buffer itself goes as `_images` only when the consumer has not mapped it yet (see ImagePool),
+        and the consumer hands out its (B, MAX_VIEWS, F, 3, S, S) view."""
         images, slot, batch = None, None, []
         for clip in clips:
             if images is None:
@@ -452,22 +453,6 @@ def incomplete(raw: dict) -> str | None:
         return None                         # decode_sample reports a bad meta.json as a bad sample
     got = sum(1 for k in raw if k.endswith(".jpg"))
     return None if got >= want else f"{got} of {want} JPEGs"
-
-
-def decode_into(out: np.ndarray, clip: Clip) -> None:
-    """Decode a clip's JPEGs into `out` (>= V views, F, S, S, 3) uint8 RGB (C-contiguous), mirrored if
-    `clip.meta['flipped']`; views past the clip's are zeroed. Raises ValueError on a JPEG that does not decode to
-    S x S."""
-    import cv2
-
-    size = out.shape[-2]
-    flip = bool(clip.meta.get("flipped"))
-    for v, frames in enumerate(clip.jpeg):
-        for t, data in enumerate(frames):
-            dst = decode_jpeg(data, f"v{v}_{t:04d}.jpg", size, out[v, t])
-            if flip:
-                cv2.flip(dst, 1, dst)
-    out[clip.views:] = 0
 
 
 def decode_chw(clip: Clip) -> Clip:

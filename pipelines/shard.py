@@ -183,13 +183,28 @@ def decode_jpeg(data: bytes, name: str, size: int, out: np.ndarray | None = None
     return img
 
 
-def decode_images(clip: Clip) -> Clip:
-    """Decode the clip's JPEGs into `clip.images` (V, F, H, W, 3) uint8 RGB; raises ValueError on a bad JPEG."""
-    size = int(clip.meta["crop_size"])
-    out = np.empty((clip.views, clip.frames, size, size, 3), np.uint8)
+def decode_into(out: np.ndarray, clip: Clip) -> None:
+    """Decode a clip's JPEGs into `out` (>= V views, F, S, S, 3) uint8 RGB (C-contiguous), mirrored if
+    `clip.meta['flipped']`; views past the clip's are zeroed. Raises ValueError on a JPEG that does not decode to
+    S x S."""
+    import cv2
+
+    size = out.shape[-2]
+    flip = bool(clip.meta.get("flipped"))
     for v, frames in enumerate(clip.jpeg):
         for t, data in enumerate(frames):
-            decode_jpeg(data, f"v{v}_{t:04d}.jpg", size, out[v, t])
+            dst = decode_jpeg(data, f"v{v}_{t:04d}.jpg", size, out[v, t])
+            if flip:
+                cv2.flip(dst, 1, dst)
+    out[clip.views:] = 0
+
+
+def decode_images(clip: Clip) -> Clip:
+    """Decode the clip's JPEGs into `clip.images` (V, F, H, W, 3) uint8 RGB (mirrored if the clip was flipped);
+    raises ValueError on a bad JPEG."""
+    size = int(clip.meta["crop_size"])
+    out = np.empty((clip.views, clip.frames, size, size, 3), np.uint8)
+    decode_into(out, clip)
     clip.images = out
     return clip
 
