@@ -54,7 +54,8 @@ class LoaderConfig:
     urls: str | list[str]            # local paths, brace patterns, globs, pipe:..., http(s)://...
     batch_size: int = 2
     workers: int = 2                 # DataLoader worker processes (0 = in-process)
-    shuffle: int = 256               # sample shuffle buffer (0 = off, deterministic order)
+    shuffle: int = 256               # sample shuffle buffer (0 = off, deterministic order), in samples...
+    shuffle_mb: float = 256.0        # ...and at most about this many MB of them per reader (a 128-frame clip is 5 MB)
     shuffle_shards: bool = True
     augment: bool = False            # training augmentations (flip etc.)
     seed: int = 0
@@ -242,8 +243,9 @@ class _Reader:
     """One worker's stream: shards -> raw samples -> shuffle -> clips with images -> batches, with its counts."""
 
     def __init__(self, plan: ReaderPlan, batch_size: int, shuffle: int, augment: bool, rng_seed: list[int],
-                 pool: "ImagePool | None" = None):
+                 pool: "ImagePool | None" = None, shuffle_mb: float = 256.0):
         self.plan, self.batch_size, self.shuffle, self.augment, self.pool = plan, batch_size, shuffle, augment, pool
+        self.shuffle_mb = shuffle_mb
         self.rng = np.random.default_rng(rng_seed)
         self.stats = LoaderStats()
         self.reported = LoaderStats()
@@ -293,8 +295,11 @@ class _Reader:
             self._skip_shard(unit, f"{n} samples, its index lists {unit.shard_samples}")
 
     def raw_samples(self, repeat: bool) -> Iterator[dict]:
-        """The plan's samples, shuffled within a pass (a buffer of `shuffle` samples); with `repeat`, pass after
-        pass (shards reshuffled) until a pass yields nothing, so no sample comes twice before all came once."""
+        """The plan's samples, shuffled within a pass (a buffer of `shuffle` samples, fewer if they would take more
+        than `shuffle_mb`: see `shuffle_size`); with `repeat`, pass after pass (shards reshuffled) until a pass
+        yields nothing, so no sample comes twice before all came once."""
+        import itertools
+
         from webdataset.filters import _shuffle
 
         units = list(self.plan.units)
@@ -311,8 +316,12 @@ class _Reader:
 
             stream = one_pass()
             if self.shuffle > 1:
-                stream = _shuffle(stream, bufsize=self.shuffle, initial=max(1, self.shuffle // 4),
-                                  rng=random.Random(int(self.rng.integers(2 ** 63))))
+                rng = random.Random(int(self.rng.integers(2 ** 63)))
+                first = next(stream, None)
+                if first is not None:
+                    size = shuffle_size(self.shuffle, self.shuffle_mb, sample_bytes(first))
+                    stream = _shuffle(itertools.chain([first], stream), bufsize=size, initial=max(1, size // 4),
+                                      rng=rng)
             yield from stream
             if not repeat or got == 0:
                 return
@@ -391,6 +400,17 @@ class _Reader:
                 warnings.warn(f"a reader yielded {made} of {quota} batches: no readable samples left in "
                               f"{[u.url for u in self.plan.units]}", ShardWarning, stacklevel=2)
         yield {"_stats": self._delta()}
+
+
+def sample_bytes(raw: dict) -> int:
+    """Bytes of a raw sample's members (what it holds in the shuffle buffer)."""
+    return sum(len(v) for v in raw.values() if isinstance(v, (bytes, bytearray, memoryview)))
+
+
+def shuffle_size(samples: int, mb: float, sample_size: int) -> int:
+    """Samples the shuffle buffer holds: `samples`, but no more than fit in `mb` MB at `sample_size` bytes each
+    (at least 2, so there is still something to shuffle)."""
+    return max(2, min(samples, int(mb * 2 ** 20) // max(sample_size, 1)))
 
 
 def _new_images(shape: tuple[int, ...]) -> torch.Tensor:
@@ -507,7 +527,7 @@ class ClipStream(IterableDataset):
         cfg = self.cfg
         pool = ImagePool(self.busy[w], w) if self.busy is not None else None
         yield from _Reader(self.plans[w], cfg.batch_size, cfg.shuffle, cfg.augment,
-                           [cfg.seed, cfg.epoch, self.rank, w], pool)
+                           [cfg.seed, cfg.epoch, self.rank, w], pool, cfg.shuffle_mb)
 
 
 class ShardLoader:

@@ -15,7 +15,7 @@ import pytest
 
 from fixtures_shard import FRAMES, extracted, shards  # noqa: F401  (fixtures; realdata comes from conftest)
 from pipelines.loader import (LoaderConfig, ShardWarning, Unit, expand_urls, make_loader, plan_batches, plan_rank,
-                              shard_counts)
+                              sample_bytes, shard_counts, shuffle_size)
 from pipelines.shard import decode_sample, iter_tar_samples
 
 TRAIN = "train-{000000..000004}.tar"
@@ -147,6 +147,25 @@ def test_order_is_seeded_and_changes_per_epoch(shards):
     a, b, c = keys(seed=1), keys(seed=1), keys(seed=1, epoch=1)
     assert a == b and a != c and sorted(a) == sorted(c) == sorted(_all_keys(shards, "train"))
     assert keys(shuffle=0, shuffle_shards=False, workers=0) == _all_keys(shards, "train")
+
+
+def test_shuffle_buffer_is_capped_by_memory(shards):
+    """`shuffle_mb` bounds the samples the shuffle buffer holds (so 5 MB clips of 128 frames do not fill 256 x 5 MB
+    per worker): with room for 2 samples no clip comes out more than 1 place ahead of its tar order; with the
+    default room the same seed moves clips further; every clip still comes exactly once."""
+    order = _all_keys(shards, "train")
+    first = next(iter_tar_samples(sorted(shards.glob("train-*.tar"))[0]))
+
+    def ahead(**kw):
+        keys = _keys(make_loader(LoaderConfig(_urls(shards), batch_size=1, workers=0, shuffle_shards=False,
+                                              equal_batches=False, seed=1, **kw)))
+        assert sorted(keys) == sorted(order)
+        return max(order.index(k) - i for i, k in enumerate(keys))
+
+    assert ahead(shuffle_mb=2.5 * sample_bytes(first) / 2 ** 20) <= 1
+    assert ahead() > 1
+    assert shuffle_size(256, 256, 5 << 20) == 51 and shuffle_size(256, 256, 600 << 10) == 256
+    assert shuffle_size(256, 0, 1) == 2
 
 
 # ----------------------------------------------------------------------------------------- damaged shards
