@@ -242,10 +242,10 @@ def plan_batches(plans: list[ReaderPlan], batch_size: int) -> int | None:
 class _Reader:
     """One worker's stream: shards -> raw samples -> shuffle -> clips with images -> batches, with its counts."""
 
-    def __init__(self, plan: ReaderPlan, batch_size: int, shuffle: int, augment: bool, rng_seed: list[int],
-                 pool: "ImagePool | None" = None, shuffle_mb: float = 256.0):
-        self.plan, self.batch_size, self.shuffle, self.augment, self.pool = plan, batch_size, shuffle, augment, pool
-        self.shuffle_mb = shuffle_mb
+    def __init__(self, plan: ReaderPlan, batch_size: int, shuffle: int, shuffle_mb: float, augment: bool,
+                 rng_seed: list[int], pool: "ImagePool | None" = None):
+        self.plan, self.batch_size, self.shuffle, self.shuffle_mb = plan, batch_size, shuffle, shuffle_mb
+        self.augment, self.pool = augment, pool
         self.rng = np.random.default_rng(rng_seed)
         self.stats = LoaderStats()
         self.reported = LoaderStats()
@@ -526,8 +526,8 @@ class ClipStream(IterableDataset):
         w = info.id if info is not None else 0
         cfg = self.cfg
         pool = ImagePool(self.busy[w], w) if self.busy is not None else None
-        yield from _Reader(self.plans[w], cfg.batch_size, cfg.shuffle, cfg.augment,
-                           [cfg.seed, cfg.epoch, self.rank, w], pool, cfg.shuffle_mb)
+        yield from _Reader(self.plans[w], cfg.batch_size, cfg.shuffle, cfg.shuffle_mb, cfg.augment,
+                           [cfg.seed, cfg.epoch, self.rank, w], pool)
 
 
 class ShardLoader:
