@@ -33,11 +33,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
+import cv2  # noqa: F401  (decode_into's, imported here: the workers fork with it, not import it each epoch)
 import numpy as np
+import simplejpeg  # noqa: F401  (likewise)
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.filters import _shuffle
 
-from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_into, decode_sample, iter_tar_members, split_key
+from .augment import random_flip
+from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_into, decode_sample
+from .tarstream import iter_samples, iter_tar_files
 
 REQUIRED = ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS)
 #: Image buffers a worker recycles beyond its prefetched batches: the batch in use + one being filled.
@@ -250,6 +255,7 @@ class _Reader:
         self.stats = LoaderStats()
         self.reported = LoaderStats()
         self.bad_urls: set[str] = set()
+        self.tar_buffer = bytearray(1 << 20)      # reused for every shard
 
     def _skip_shard(self, unit: Unit, why: str) -> None:
         if unit.url not in self.bad_urls:
@@ -259,10 +265,8 @@ class _Reader:
                 warnings.warn(f"{unit.url}: shard skipped ({why})", ShardWarning, stacklevel=2)
 
     def read_unit(self, unit: Unit) -> Iterator[dict]:
-        """Raw samples of one unit (grouped by webdataset's group_by_keys); an error ends the shard, which is
-        counted once as skipped."""
-        from webdataset.tariterators import group_by_keys
-
+        """Raw samples of one unit (grouped as webdataset groups them); an error ends the shard, which is counted
+        once as skipped."""
         errors: list[Exception] = []
         try:
             stream = open_url(unit.url)
@@ -271,7 +275,7 @@ class _Reader:
             return
         n = 0
         try:
-            for i, raw in enumerate(group_by_keys(iter_tar_members(stream, unit.url), keys=split_key)):
+            for i, raw in enumerate(iter_samples(iter_tar_files(stream, buffer=self.tar_buffer), unit.url)):
                 n = i + 1
                 mine = i % unit.modulo == unit.residue
                 missing = incomplete(raw)
@@ -299,8 +303,6 @@ class _Reader:
         than `shuffle_mb`: see `shuffle_size`); with `repeat`, pass after pass (shards reshuffled) until a pass
         yields nothing, so no sample comes twice before all came once."""
         import itertools
-
-        from webdataset.filters import _shuffle
 
         units = list(self.plan.units)
         while True:
@@ -333,8 +335,6 @@ class _Reader:
 
     def clips(self, raws: Iterator[dict]) -> Iterator[Clip]:
         """Annotations decoded and checked, flipped when augmenting (images are decoded into the batch later)."""
-        from .augment import random_flip
-
         shape = None
         for raw in raws:
             try:

@@ -17,6 +17,7 @@ name into key and extension at the first dot after the last '/'). Shards are `{s
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -148,18 +149,23 @@ def decode_sample(sample: dict) -> Clip:
         if a.shape != want:
             raise ValueError(f"{name}.npy has shape {a.shape}, expected {want}")
         arrays[name] = a
-    jpeg = [[None] * F for _ in range(V)]
-    for ext, data in sample.items():
-        m = _JPEG_RE.match(ext)
-        if m:
-            v, t = int(m.group(1)), int(m.group(2))
-            if v >= V or t >= F:
+    names = jpeg_names(V, F)
+    jpeg = [[sample.get(n) for n in row] for row in names]
+    if sum(1 for ext in sample if ext.endswith(".jpg")) != V * F:       # more: look for views or frames too many
+        for ext in sample:
+            m = _JPEG_RE.match(ext)
+            if m and (int(m.group(1)) >= V or int(m.group(2)) >= F):
                 raise ValueError(f"unexpected member {ext} (clip has {V} views, {F} frames)")
-            jpeg[v][t] = data
-    missing = [f"v{v}_{t:04d}.jpg" for v in range(V) for t in range(F) if jpeg[v][t] is None]
+    missing = [n for row, got in zip(names, jpeg) for n, data in zip(row, got) if data is None]
     if missing:
         raise ValueError(f"missing {len(missing)} JPEG members (first {missing[0]})")
     return Clip(key=key, meta=meta, cameras=cameras, jpeg=jpeg, source=str(sample.get("__url__", "")), **arrays)
+
+
+@functools.lru_cache(maxsize=16)
+def jpeg_names(views: int, frames: int) -> tuple[tuple[str, ...], ...]:
+    """The JPEG member extensions of a clip, `names[v][t] == f"v{v}_{t:04d}.jpg"`."""
+    return tuple(tuple(f"v{v}_{t:04d}.jpg" for t in range(frames)) for v in range(views))
 
 
 def decode_jpeg(data: bytes, name: str, size: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -186,16 +192,24 @@ def decode_jpeg(data: bytes, name: str, size: int, out: np.ndarray | None = None
 def decode_into(out: np.ndarray, clip: Clip) -> None:
     """Decode a clip's JPEGs into `out` (>= V views, F, S, S, 3) uint8 RGB (C-contiguous), mirrored if
     `clip.meta['flipped']`; views past the clip's are zeroed. Raises ValueError on a JPEG that does not decode to
-    S x S."""
+    S x S. (The loader's inner loop: a decoder call per crop and little else; decode_jpeg words the errors.)"""
     import cv2
+    import simplejpeg
 
     size = out.shape[-2]
+    want = (size, size, 3)
     flip = bool(clip.meta.get("flipped"))
+    decode = simplejpeg.decode_jpeg
     for v, frames in enumerate(clip.jpeg):
-        for t, data in enumerate(frames):
-            dst = decode_jpeg(data, f"v{v}_{t:04d}.jpg", size, out[v, t])
+        for t, (data, dst) in enumerate(zip(frames, out[v])):
+            try:
+                img = decode(data, "RGB", buffer=dst)
+            except ValueError:
+                img = None
+            if img is None or img.shape != want:
+                img = decode_jpeg(data, f"v{v}_{t:04d}.jpg", size, dst)     # raises, naming the member
             if flip:
-                cv2.flip(dst, 1, dst)
+                cv2.flip(img, 1, img)
     out[clip.views:] = 0
 
 
@@ -574,106 +588,6 @@ def index_for(shard: str | Path) -> Path | None:
     shard = Path(shard)
     m = SHARD_RE.match(shard.name)
     return shard.with_name(f"{m.group('split')}-index.json") if m else None
-
-
-def _octal(field: bytes) -> int:
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def iter_tar_members(stream, url: str | None = None, chunk: int = 1 << 20) -> Iterator[dict]:
-    """`{"fname", "data"}` (plus `"__url__": url` when given) of the regular files of a tar stream, in order: a lean
-    reader of the ustar members that `h36m shard` writes (GNU long names and pax `path` records are followed; other
-    entries skipped), reading `chunk` bytes at a time and several times faster than `tarfile` per member. Raises
-    EOFError on a truncated archive (including a missing end-of-archive block) and ValueError on a damaged header,
-    after yielding the members before it."""
-    buf = bytearray(chunk)              # bytes buf[pos:end] read and not used yet
-    view = memoryview(buf)
-    pos = end = 0
-    readinto = getattr(stream, "readinto", None)
-
-    def fill(n: int) -> bool:           # buf[pos:pos + n] readable? (a socket or pipe may return less than asked)
-        nonlocal buf, view, pos, end
-        if end - pos >= n:
-            return True
-        if n > len(buf) - pos:          # make room: move what is left to the front, grow if one member needs it
-            if n > len(buf):
-                view.release()
-                buf = buf[pos:end] + bytearray(max(n, chunk) - (end - pos))
-                view = memoryview(buf)
-            else:
-                buf[: end - pos] = view[pos:end]
-            pos, end = 0, end - pos
-        while end - pos < n:
-            if readinto is not None:
-                got = readinto(view[end:])
-            else:
-                more = stream.read(len(buf) - end)
-                got = len(more)
-                view[end:end + got] = more
-            if not got:
-                return False
-            end += got
-        return True
-
-    block = tarfile.BLOCKSIZE
-    name_override = None
-    while True:
-        if not fill(block):
-            raise EOFError("truncated tar: no end-of-archive block" if pos == end else "truncated tar header")
-        h = bytes(view[pos:pos + block])
-        pos += block
-        if not any(h):
-            return
-        try:
-            ok = _octal(h[148:156]) == sum(h) - sum(h[148:156]) + 256      # checksum field counted as spaces
-            size = _octal(h[124:136])
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError("damaged tar header (bad checksum)")
-        padded = size + -size % block
-        if not fill(padded):
-            raise EOFError("truncated tar: unexpected end of data")
-        data = bytes(view[pos:pos + size])
-        pos += padded
-        kind = h[156:157]
-        if kind == b"L":                                  # GNU long name of the next member
-            name_override = data.rstrip(b"\0")
-            continue
-        if kind == b"x":                                  # pax extended header: 'len path=...\n' records
-            for rec in data.split(b"\n"):
-                _, _, kv = rec.partition(b" ")
-                if kv.startswith(b"path="):
-                    name_override = kv[5:]
-            continue
-        if kind not in (b"0", b"\0"):
-            name_override = None
-            continue
-        if name_override is not None:
-            name, name_override = name_override, None
-        else:
-            prefix = h[345:500].split(b"\0", 1)[0]
-            name = h[:100].split(b"\0", 1)[0]
-            name = prefix + b"/" + name if prefix else name
-        member = {"fname": name.decode("utf-8", "replace"), "data": data}
-        if url is not None:
-            member["__url__"] = url
-        yield member
-
-
-def split_key(fname: str) -> tuple[str | None, str | None]:
-    """WebDataset's member name -> (sample key, extension) split (`base_plus_ext`: the key ends at the first dot of
-    the base name), without a regular expression; (None, None) for a name it would not group."""
-    slash = fname.rfind("/") + 1
-    dot = fname.find(".", slash)
-    if dot < 0:
-        return None, None
-    if dot == slash:                    # a base name starting with a dot: the regular expression's own rules
-        from webdataset.tariterators import base_plus_ext
-
-        return base_plus_ext(fname)
-    return fname[:dot], fname[dot + 1:]
 
 
 def iter_tar_samples(path: str | Path) -> Iterator[dict]:

@@ -343,7 +343,7 @@ def test_tar_reader_follows_long_names_and_matches_tarfile(tmp_path):
     import io
     import tarfile
 
-    from pipelines.shard import iter_tar_members
+    from pipelines.tarstream import iter_tar_files
 
     names = ["S1/Directions_1/000000.meta.json", "S1/" + "x" * 120 + "/000000.v0_0000.jpg"]
     for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
@@ -354,14 +354,13 @@ def test_tar_reader_follows_long_names_and_matches_tarfile(tmp_path):
                 info.size = i + 3
                 tf.addfile(info, io.BytesIO(bytes(range(i + 3))))
         data = buf.getvalue()
-        got = list(iter_tar_members(io.BytesIO(data)))
+        got = list(iter_tar_files(io.BytesIO(data)))
         want = names if fmt != tarfile.USTAR_FORMAT else names[:1]
-        assert [m["fname"] for m in got] == want and [m["data"] for m in got] == [bytes(range(i + 3))
-                                                                                   for i in range(len(want))]
+        assert got == [(n, bytes(range(i + 3))) for i, n in enumerate(want)]
         with pytest.raises(EOFError):
-            list(iter_tar_members(io.BytesIO(data[:1024])))
+            list(iter_tar_files(io.BytesIO(data[:1024])))
         with pytest.raises(ValueError, match="checksum"):
-            list(iter_tar_members(io.BytesIO(data[:100] + b"?" + data[101:])))
+            list(iter_tar_files(io.BytesIO(data[:100] + b"?" + data[101:])))
 
 
 class _Trickle:
@@ -381,21 +380,44 @@ def test_tar_reader_reads_a_real_shard_in_any_chunks_as_tarfile_does(shards):
     anywhere ends in EOFError after the members before the cut."""
     import tarfile
 
-    from pipelines.shard import iter_tar_members
+    from pipelines.tarstream import iter_tar_files
 
     path = shards / "train-000000.tar"
     data = path.read_bytes()
     with tarfile.open(path) as tf:
         want = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]
     for chunk, most in ((1 << 20, 1 << 30), (700, 300), (512, 1)):
-        got = [(m["fname"], m["data"]) for m in iter_tar_members(_Trickle(data, most), chunk=chunk)]
-        assert got == want
+        assert list(iter_tar_files(_Trickle(data, most), chunk=chunk)) == want
     got = []
     with pytest.raises(EOFError):
-        for m in iter_tar_members(_Trickle(data[: len(data) // 2], 4096), "u", chunk=1000):
-            got.append(m["fname"])
-            assert m["__url__"] == "u"
+        for name, _ in iter_tar_files(_Trickle(data[: len(data) // 2], 4096), chunk=1000):
+            got.append(name)
     assert 0 < len(got) < len(want) and got == [n for n, _ in want[: len(got)]]
+
+
+def test_samples_group_as_webdataset_does(shards, tmp_path):
+    """iter_samples(iter_tar_files(...)) gives webdataset's samples, also with one buffer reused across shards and
+    one smaller than a member (it grows); upper-case extensions are lowered and a repeated one is an error."""
+    import io
+    import tarfile
+
+    from pipelines.tarstream import iter_samples, iter_tar_files
+
+    buffer = bytearray(4096)
+    for p in sorted(shards.glob("train-*.tar"))[:2]:
+        with open(p, "rb") as fh:
+            got = list(iter_samples(iter_tar_files(fh, chunk=4096, buffer=buffer), str(p)))
+        assert got == list(iter_tar_samples(p)) and len(got) == 2
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for n in ("a/k1.X.JPG", "a/noext", "a/k1.y", "a/k2.y", "a/k2.y"):
+            info = tarfile.TarInfo(n)
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"1"))
+    samples = iter_samples(iter_tar_files(io.BytesIO(buf.getvalue())), "u")
+    assert next(samples) == {"__key__": "a/k1", "__url__": "u", "x.jpg": b"1", "y": b"1"}
+    with pytest.raises(ValueError, match="duplicate"):
+        next(samples)
 
 
 def test_split_key_groups_member_names_as_webdataset_does():
@@ -403,7 +425,7 @@ def test_split_key_groups_member_names_as_webdataset_does():
 
     from webdataset.tariterators import base_plus_ext
 
-    from pipelines.shard import split_key
+    from pipelines.tarstream import split_key
 
     names = ["".join(t) for k in range(7) for t in itertools.product("a./", repeat=k)]
     names += ["S1/Directions_1/000128.v0_0001.jpg", "S1/Walk Dog 1/000000.meta.json", "a/.b.c", "x/y.tar.gz"]
