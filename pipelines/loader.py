@@ -467,7 +467,7 @@ def incomplete(raw: dict) -> str | None:
     if lack:
         return f"no {', '.join(lack)}"
     try:
-        meta = json.loads(raw["meta.json"])
+        meta = json.loads(bytes(raw["meta.json"]))
         want = len(meta["cameras"]) * len(meta["frames"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None                         # decode_sample reports a bad meta.json as a bad sample

@@ -58,7 +58,7 @@ class Clip:
     pose3d_cam: np.ndarray     # (V, F, 17, 3) camera mm
     pose2d: np.ndarray         # (V, F, 17, 2) crop px
     box: np.ndarray            # (V, F, 4) x0, y0, x1, y1 full-frame px
-    jpeg: list[list[bytes]]    # V lists of F JPEG byte strings
+    jpeg: list[list[bytes]]    # V lists of F JPEG byte strings (bytes-like: memoryviews of a mapped shard)
     images: np.ndarray | None = None   # decoded crops, uint8 RGB: (V, F, H, W, 3) here, (V, F, 3, H, W) in the loader
     source: str = ""                   # the shard (URL) it was read from
 
@@ -128,8 +128,8 @@ def decode_sample(sample: dict) -> Clip:
         if ext not in sample:
             raise ValueError(f"missing member {ext}")
     try:
-        meta = json.loads(sample["meta.json"])
-        cameras = json.loads(sample["cameras.json"])
+        meta = json.loads(bytes(sample["meta.json"]))
+        cameras = json.loads(bytes(sample["cameras.json"]))
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"unreadable JSON ({e})") from None
     if not isinstance(meta, dict) or [f for f in META_FIELDS if f not in meta]:

@@ -6,10 +6,15 @@
 A lean reader of the ustar members `h36m shard` writes (GNU long names and pax `path` records are followed, other
 entries skipped), several times faster than `tarfile` per member, and WebDataset's grouping (`group_by_keys` with its
 `base_plus_ext` key split) without its per-member dicts. The loader's time per crop is mostly JPEG decoding; what is
-left is mostly this, so it is kept to a few C calls per member.
+left is mostly this, so it is kept to a few C calls per member, and a local shard is mapped rather than read (its
+members are views of the page cache: no copy, no heap memory to fault in).
 """
 from __future__ import annotations
 
+import io
+import mmap
+import os
+import stat
 import struct
 import zlib
 from typing import Iterable, Iterator
@@ -35,18 +40,44 @@ def _byte_sum(block) -> int:
     return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
 
 
-def iter_tar_files(stream, chunk: int = 1 << 20, buffer: bytearray | None = None) -> Iterator[tuple[str, bytes]]:
-    """`(name, data)` of the regular files of a tar stream, in order, reading `chunk` bytes at a time into `buffer`
-    (a bytearray a reader may pass again for the next stream: a fresh one costs a page fault per 4 kB, which is
-    noticeable with small shards). Raises EOFError on a truncated archive (including a missing end-of-archive
-    block) and ValueError on a damaged header, after yielding the members before it."""
-    buf = buffer if buffer is not None and len(buffer) >= BLOCK else bytearray(max(chunk, BLOCK))
-    view = memoryview(buf)
-    pos = end = 0
+def _mapped(stream) -> memoryview | None:
+    """A read-only memoryview of the rest of `stream` if it is a regular file (mapped, not read), else None."""
+    try:
+        fd = stream.fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return None
+        start = stream.tell()
+        return memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))[start:]
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def iter_tar_files(stream, chunk: int = 1 << 20,
+                   buffer: bytearray | None = None) -> Iterator[tuple[str, bytes | memoryview]]:
+    """`(name, data)` of the regular files of a tar stream, in order. Raises EOFError on a truncated archive
+    (including a missing end-of-archive block) and ValueError on a damaged header, after yielding the members before
+    it.
+
+    A regular file is memory-mapped and `data` is a read-only memoryview into the mapping: no copy, no heap memory
+    (the mapping lives while any member does; the page cache holds the bytes either way). Other streams (pipes,
+    sockets) are read `chunk` bytes at a time into `buffer` (a bytearray a reader may pass again for the next
+    stream: a fresh one costs a page fault per 4 kB) and `data` is a bytes copy. Both are bytes-like: `bytes(data)`
+    where a str/bytes is needed (json)."""
+    view = _mapped(stream)
+    mapped = view is not None
+    if mapped:
+        buf, pos, end = view, 0, len(view)
+    else:
+        buf = buffer if buffer is not None and len(buffer) >= BLOCK else bytearray(max(chunk, BLOCK))
+        view = memoryview(buf)
+        pos = end = 0
     readinto = getattr(stream, "readinto", None)
 
     def fill(n: int) -> bool:           # buf[pos:pos + n] readable? (a socket or pipe may return less than asked)
         nonlocal buf, view, pos, end
+        if mapped:
+            return end - pos >= n
         if n > len(buf) - pos:          # make room: move what is left to the front, grow if one member needs it
             if n > len(buf):
                 grown = bytearray(max(n, chunk))
@@ -88,7 +119,7 @@ def iter_tar_files(stream, chunk: int = 1 << 20, buffer: bytearray | None = None
             padded = size + -size % BLOCK
             if end - pos < padded and not fill(padded):
                 raise EOFError("truncated tar: unexpected end of data")
-            data = bytes(view[pos:pos + size])
+            data = view[pos:pos + size] if mapped else bytes(view[pos:pos + size])
             pos += padded
             if kind == b"0" or kind == b"\0":
                 if name_override is not None:
@@ -100,16 +131,17 @@ def iter_tar_files(stream, chunk: int = 1 << 20, buffer: bytearray | None = None
                         name = prefix.split(b"\0", 1)[0] + b"/" + name
                     yield name.decode("utf-8", "replace"), data
             elif kind == b"L":                                # GNU long name of the next member
-                name_override = data.rstrip(b"\0")
+                name_override = bytes(data).rstrip(b"\0")
             elif kind == b"x":                                # pax extended header: 'len path=...\n' records
-                for rec in data.split(b"\n"):
+                for rec in bytes(data).split(b"\n"):
                     _, _, kv = rec.partition(b" ")
                     if kv.startswith(b"path="):
                         name_override = kv[5:]
             else:
                 name_override = None
     finally:
-        view.release()
+        if not mapped:
+            view.release()
 
 
 def split_key(fname: str) -> tuple[str | None, str | None]:

@@ -395,6 +395,30 @@ def test_tar_reader_reads_a_real_shard_in_any_chunks_as_tarfile_does(shards):
     assert 0 < len(got) < len(want) and got == [n for n, _ in want[: len(got)]]
 
 
+def test_tar_reader_maps_regular_files(shards, tmp_path):
+    """A regular file is mapped, not read: its members are memoryviews into the file with tarfile's bytes, valid after
+    the file is closed; a file cut anywhere ends in EOFError after the members before the cut, as a stream does."""
+    import tarfile
+
+    from pipelines.tarstream import iter_tar_files
+
+    path = shards / "train-000000.tar"
+    with tarfile.open(path) as tf:
+        want = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]
+    with open(path, "rb") as fh:
+        got = list(iter_tar_files(fh))
+    assert all(isinstance(d, memoryview) and d.readonly for _, d in got)
+    assert [(n, bytes(d)) for n, d in got] == want
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) // 3 + 100, 700):
+        (tmp_path / "cut.tar").write_bytes(data[:cut])
+        names = []
+        with open(tmp_path / "cut.tar", "rb") as fh, pytest.raises(EOFError):
+            for name, _ in iter_tar_files(fh):
+                names.append(name)
+        assert names == [n for n, _ in want[: len(names)]] and len(names) < len(want)
+
+
 def test_samples_group_as_webdataset_does(shards, tmp_path):
     """iter_samples(iter_tar_files(...)) gives webdataset's samples, also with one buffer reused across shards and
     one smaller than a member (it grows); upper-case extensions are lowered and a repeated one is an error."""
