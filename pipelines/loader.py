@@ -21,6 +21,7 @@ counted in `loader.stats.skipped_shards`; a sample that does not decode in `stat
 """
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import random
@@ -248,9 +249,9 @@ class _Reader:
     """One worker's stream: shards -> raw samples -> shuffle -> clips with images -> batches, with its counts."""
 
     def __init__(self, plan: ReaderPlan, batch_size: int, shuffle: int, shuffle_mb: float, augment: bool,
-                 rng_seed: list[int], pool: "ImagePool | None" = None):
+                 rng_seed: list[int], pool: "ImagePool | None" = None, pass_id: int = 1):
         self.plan, self.batch_size, self.shuffle, self.shuffle_mb = plan, batch_size, shuffle, shuffle_mb
-        self.augment, self.pool = augment, pool
+        self.augment, self.pool, self.pass_id = augment, pool, pass_id
         self.rng = np.random.default_rng(rng_seed)
         self.stats = LoaderStats()
         self.reported = LoaderStats()
@@ -361,7 +362,7 @@ class _Reader:
             if images is None:
                 size = int(clip.meta["crop_size"])
                 shape = (self.batch_size, MAX_VIEWS, clip.frames, size, size, 3)
-                images, slot = self.pool.take(shape) if self.pool else (_new_images(shape), None)
+                images, slot = self.pool.take(shape, self.pass_id) if self.pool else (_new_images(shape), None)
                 if slot is not None and not slot.new:      # the consumer has this buffer mapped already
                     send = None
                 else:
@@ -423,42 +424,54 @@ def _new_images(shape: tuple[int, ...]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Slot:
-    """Buffer k of worker w's ImagePool; `new`: the buffer was (re)made for this batch, so it travels with it."""
+    """Buffer k of worker w's ImagePool; `new`: the consumer has not mapped this buffer yet, so it travels with the
+    batch."""
     worker: int
     k: int
     new: bool
 
 
+#: ImagePool flag of a buffer the consumer holds (0: free; p > 0: filled in pass p, on its way to the consumer).
+HELD = -1
+
+
 class ImagePool:
-    """The image buffers of one worker, reused once the consumer has let go of them.
+    """The image buffers of one worker, reused once the consumer has let go of them, pass after pass.
 
     A new buffer for every batch costs a page fault per 4 kB on first touch, which costs about as much as decoding
     the JPEGs into it; sending a shared-memory buffer costs the consumer a connection to the worker (to receive its
     file descriptor) and a fresh mapping. So a buffer travels once, with the first batch it holds; later batches in
-    it send only its Slot, and the consumer (ShardLoader) keeps the mapping for the rest of the pass.
-    `busy` (K,) int8 lives in shared memory: the worker sets busy[k] when it fills buffer k, and the consumer clears
-    it when the last reference to that batch's images dies (a weakref finalizer on the images' storage, which is the
-    batch's own, so views and numpy arrays of the images keep it busy). With all K busy (a consumer holding on to
-    batches) the worker takes a fresh buffer, so it never waits."""
+    it send only its Slot, and the consumer (ShardLoader) keeps the mapping as long as the loader lives.
+    `flags` (K,) int32 live in shared memory, one per buffer: 0 free; p > 0 filled by pass p and on its way (set
+    here); HELD once the consumer has it (set on arrival), back to 0 when the last reference to that batch's images
+    dies (a weakref finalizer on the images' storage, which is the batch's own, so views and numpy arrays of the
+    images keep it busy). A buffer filled in an earlier pass that never arrived (the consumer left that pass
+    midway and the DataLoader dropped its batches) is free again, and travels again if it never arrived once.
+    With all K busy (a consumer holding on to batches) the worker takes a fresh buffer, so it never waits."""
 
-    def __init__(self, busy: torch.Tensor, worker: int):
-        self.busy, self.worker = busy, worker
+    def __init__(self, flags: torch.Tensor, worker: int):
+        self.flags, self.worker = flags, worker
         self.buffers: dict[int, torch.Tensor] = {}
+        self.mapped: set[int] = set()       # buffers the consumer is known to have mapped (a batch in it arrived)
 
-    def take(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, Slot | None]:
-        for k in range(self.busy.shape[0]):
-            if int(self.busy[k]) == 0:
+    def take(self, shape: tuple[int, ...], pass_id: int) -> tuple[torch.Tensor, Slot | None]:
+        """A buffer of `shape` for a batch of pass `pass_id` (> 0) and its Slot (None: a fresh buffer, not pooled)."""
+        for k in range(self.flags.shape[0]):
+            flag = int(self.flags[k])
+            if flag == 0 or 0 < flag < pass_id:
                 buf = self.buffers.get(k)
-                new = buf is None or tuple(buf.shape) != tuple(shape)
-                if new:
+                if flag == 0 and buf is not None:
+                    self.mapped.add(k)
+                if buf is None or tuple(buf.shape) != tuple(shape):
                     buf = self.buffers[k] = _new_images(shape)
-                self.busy[k] = 1
-                return buf, Slot(self.worker, k, new)
+                    self.mapped.discard(k)
+                self.flags[k] = pass_id
+                return buf, Slot(self.worker, k, k not in self.mapped)
         return _new_images(shape), None
 
 
-def _release(busy: torch.Tensor, worker: int, k: int) -> None:
-    busy[worker, k] = 0
+def _release(flags: torch.Tensor, worker: int, k: int) -> None:
+    flags[worker, k] = 0
 
 
 def incomplete(raw: dict) -> str | None:
@@ -506,6 +519,15 @@ def collate(clips: list[Clip]) -> dict:
 SMALL = ("pose2d", "pose3d_cam", "pose3d", "box", "view_mask")
 
 
+def _worker_init(worker_id: int) -> None:
+    """A DataLoader worker's first act: move the objects it inherited from the main process (torch's millions) out
+    of the cyclic garbage collector's reach. Otherwise the worker's first full collections walk them all, writing to
+    each object's header, which copies every page of the inherited heap (copy-on-write): seconds of CPU at the start
+    of every epoch. (`gc.freeze` only relinks the collector's lists; the worker's own objects are collected as
+    usual.)"""
+    gc.freeze()
+
+
 def _as_is(item):
     """The DataLoader's per-item collate: leave the batch as the worker made it (no numpy -> tensor there)."""
     return item
@@ -514,20 +536,34 @@ def _as_is(item):
 # ----------------------------------------------------------------------------------------- the loader
 
 class ClipStream(IterableDataset):
-    """The DataLoader's dataset: worker w of the rank runs reader plan w (set `plans` before iterating)."""
+    """The DataLoader's dataset: worker w of the rank reads its part of the pass the consumer has announced in
+    `state` (pass number, epoch); the workers persist across passes, and so do their ImagePools."""
 
-    def __init__(self, cfg: LoaderConfig, rank: int):
-        self.cfg, self.rank = cfg, rank
-        self.plans: list[ReaderPlan] = []
-        self.busy: torch.Tensor | None = None       # (workers, prefetch + POOL_EXTRA) flags of the ImagePools
+    def __init__(self, cfg: LoaderConfig, rank: int, world_size: int, urls: list[str], counts: list[int | None]):
+        self.cfg, self.rank, self.world_size, self.urls, self.counts = cfg, rank, world_size, urls, counts
+        with torch.inference_mode(False):     # written later, whatever mode the consumer is in
+            self.flags = torch.zeros((max(cfg.workers, 1), cfg.prefetch + POOL_EXTRA), dtype=torch.int32)
+            self.state = torch.zeros(2, dtype=torch.int64)
+        if cfg.workers > 0:                   # before the workers fork: they see the consumer's writes
+            self.flags.share_memory_()
+            self.state.share_memory_()
+        self.pool: ImagePool | None = None    # this worker's, made on its first pass
+
+    def plans(self, epoch: int) -> list[ReaderPlan]:
+        c = self.cfg
+        return plan_rank(self.urls, self.counts, rank=self.rank, world_size=self.world_size, workers=c.workers,
+                         batch_size=c.batch_size, seed=c.seed, epoch=epoch, shuffle_shards=c.shuffle_shards,
+                         equal_batches=c.equal_batches)
 
     def __iter__(self):
         info = get_worker_info()
         w = info.id if info is not None else 0
+        pass_id, epoch = (int(x) for x in self.state)
+        if self.pool is None:
+            self.pool = ImagePool(self.flags[w], w)
         cfg = self.cfg
-        pool = ImagePool(self.busy[w], w) if self.busy is not None else None
-        yield from _Reader(self.plans[w], cfg.batch_size, cfg.shuffle, cfg.shuffle_mb, cfg.augment,
-                           [cfg.seed, cfg.epoch, self.rank, w], pool)
+        yield from _Reader(self.plans(epoch)[w], cfg.batch_size, cfg.shuffle, cfg.shuffle_mb, cfg.augment,
+                           [cfg.seed, epoch, self.rank, w], self.pool, pass_id)
 
 
 class ShardLoader:
@@ -549,16 +585,16 @@ class ShardLoader:
             warnings.warn("no shard index found for some shards: ranks may yield different batch counts",
                           ShardWarning, stacklevel=2)
         self.stats = LoaderStats()
-        self.dataset = ClipStream(cfg, self.rank)
+        self.dataset = ClipStream(cfg, self.rank, self.world_size, self.urls, self.counts)
+        self._passes = 0
+        self._buffers: dict[tuple[int, int], np.ndarray] = {}     # the workers' pool buffers, mapped once
+        # persistent workers: no fork, imports or new image buffers per epoch (pinning: in __iter__, after mapping)
         self._loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=None, collate_fn=_as_is, num_workers=cfg.workers,
-            prefetch_factor=cfg.prefetch if cfg.workers else None)     # pinning: in __iter__, after the mapping
+            self.dataset, batch_size=None, collate_fn=_as_is, num_workers=cfg.workers, worker_init_fn=_worker_init,
+            prefetch_factor=cfg.prefetch if cfg.workers else None, persistent_workers=cfg.workers > 0)
 
     def plans(self, epoch: int | None = None) -> list[ReaderPlan]:
-        c = self.cfg
-        return plan_rank(self.urls, self.counts, rank=self.rank, world_size=self.world_size, workers=c.workers,
-                         batch_size=c.batch_size, seed=c.seed, epoch=c.epoch if epoch is None else epoch,
-                         shuffle_shards=c.shuffle_shards, equal_batches=c.equal_batches)
+        return self.dataset.plans(self.cfg.epoch if epoch is None else epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Use the shuffles of `epoch` from the next pass on."""
@@ -578,13 +614,9 @@ class ShardLoader:
 
     def _batches(self) -> Iterator[dict]:
         self.stats = LoaderStats()
-        self.dataset.plans = self.plans()
-        cfg = self.cfg
-        with torch.inference_mode(False):     # the flags are written later, whatever mode the consumer is in
-            busy = self.dataset.busy = torch.zeros((max(cfg.workers, 1), cfg.prefetch + POOL_EXTRA), dtype=torch.int8)
-        if cfg.workers > 0:
-            busy.share_memory_()
-        buffers: dict[tuple[int, int], np.ndarray] = {}      # the workers' pool buffers, mapped once per pass
+        self._passes += 1
+        self.dataset.state[0], self.dataset.state[1] = self._passes, self.cfg.epoch    # before the workers resume
+        flags, buffers = self.dataset.flags, self._buffers
         for item in self._loader:
             self.stats.add(item.pop("_stats"))
             if "key" not in item:           # a reader's last message: its counts only
@@ -595,8 +627,9 @@ class ShardLoader:
             else:
                 if sent is not None:
                     buffers[slot.worker, slot.k] = sent.numpy()
+                flags[slot.worker, slot.k] = HELD
                 hwc = torch.from_numpy(buffers[slot.worker, slot.k])      # a storage of this batch's own
-                weakref.finalize(hwc.untyped_storage(), _release, busy, slot.worker, slot.k)
+                weakref.finalize(hwc.untyped_storage(), _release, flags, slot.worker, slot.k)
             out = {"images": hwc[: len(item["key"])].permute(0, 1, 2, 5, 3, 4)}
             for k, v in item.items():
                 out[k] = torch.from_numpy(v) if k in SMALL else v

@@ -319,10 +319,8 @@ class _Trainer:
         try:
             while self.step < total:
                 epoch = self.step // steps_per_epoch
-                if epoch > 0 or loader is None:
-                    loader = self._loader(epoch, pin)
+                loader.set_epoch(epoch)        # one loader for the run: its workers and buffers persist
                 last_loss, stopped = self._epoch(torch, module, loader, epoch, log)
-                loader = None
                 if stopped:
                     break
         except KeyboardInterrupt:
@@ -334,6 +332,7 @@ class _Trainer:
         finally:
             log.close()
             _restore_signals(previous)
+            del loader                          # its worker processes end with it
         done = self.step >= total
         if self.rank == 0:
             self._save(done)
