@@ -1,14 +1,19 @@
 """Loader benchmark: crops/s of pipelines.loader against the JPEG decode limit and the usual baseline, one run.
 
-    .venv/bin/python bench/bench_loader.py [--release RAW] [--work bench/out/loader] [--noise 8] [--seconds 15] [--rounds 3]
+    .venv/bin/python bench/bench_loader.py [--release RAW] [--work bench/out/loader] [--noise 8] [--seconds 15] [--rounds 5]
 
 Data: a synthetic release at the real video size (scale 1.0: 1000x1000 / 1000x1002; written once into --work, or
 --release) with sensor noise 8, which makes full-frame JPEGs the size of real H36M frames' (100 kB vs 89-101 kB at
 quality 90) and 224 px crops of 9.3 kB (real: 9.7-13.1 kB, bench/RESULTS_extract.md), extracted by
 `h36m extract` to --crop px crops and sharded by `h36m shard` into --clip-frame clips.
 Measured in the same run on the same data, for P = 1 and 2 processes, each run about --seconds long:
-  loader     one epoch of make_loader(workers=P, batch_size=--batch, default shuffle) over the shard list repeated
-             so that it lasts --seconds: tar reading, decoding, batching, hand-over from the workers, start-up.
+  loader     make_loader(workers=P, batch_size=--batch, default shuffle) over the shard list repeated so that an
+             epoch lasts --seconds, as training runs it: one loader, epoch after epoch (set_epoch). Timed: its
+             second epoch (tar reading, decoding, batching, hand-over from the workers, the shuffle buffer filling
+             at the start, the workers finishing unevenly at the end); the workers and their image buffers persist
+             from the first epoch.
+  first      that loader's first epoch, which also starts the workers and makes their image buffers: what a
+             loader made for a single epoch gets (reported beside the loader, not instead of it).
   decode     the same JPEG bytes (every crop in the shards) decoded in a tight loop by P processes, with the
              loader's decoder (libjpeg-turbo through simplejpeg, into one reused buffer): the ceiling for any
              loader that ships these JPEGs.
@@ -17,8 +22,8 @@ Measured in the same run on the same data, for P = 1 and 2 processes, each run a
   baseline   the usual alternative: full-frame JPEG files on disk (one per video frame and camera, quality 90) and
              a map-style Dataset that per sample reads and decodes V x F full frames and crops them to the same
              boxes (cv2.warpAffine), DataLoader(batch_size=--batch, num_workers=P, shuffle=True).
-Rounds interleave the three; reported: medians of crops/s, and medians of the per-round ratios, by wall time and by
-CPU time (this process and its workers: robust to other load on the machine).
+Rounds interleave them; reported: medians of crops/s, and medians of the per-round ratios, by wall time and by
+CPU time (this process and its workers, live or exited: robust to other load on the machine).
 Targets: loader >= 0.8x decode and >= 5x baseline. Prints a Markdown table to stdout.
 """
 from __future__ import annotations
@@ -110,15 +115,30 @@ class Run:
         return self.crops / self.cpu
 
 
+def _live_children_cpu() -> float:
+    """CPU seconds of this process's live child processes (persistent DataLoader workers), from /proc."""
+    me, ticks, total = os.getpid(), os.sysconf("SC_CLK_TCK"), 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            f = stat[stat.rindex(")") + 2:].split()       # fields after "pid (comm)": state ppid ... utime stime
+            if int(f[1]) == me:
+                total += int(f[11]) + int(f[12])
+    return total / ticks
+
+
 def _cpu() -> float:
     import resource
 
     ch = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + ch.ru_utime + ch.ru_stime
+    return time.process_time() + ch.ru_utime + ch.ru_stime + _live_children_cpu()
 
 
 def timed(fn) -> Run:
-    """Run fn() -> crops; worker processes must have exited when it returns (their CPU time is counted)."""
+    """Run fn() -> crops, counting the CPU time of this process and of its children (live or exited)."""
     c0, t0 = _cpu(), time.perf_counter()
     crops = fn()
     return Run(crops, time.perf_counter() - t0, _cpu() - c0)
@@ -126,8 +146,9 @@ def timed(fn) -> Run:
 
 # ----------------------------------------------------------------------------------------- the loader
 
-def bench_loader(shards: Path, workers: int, batch: int, seconds: float) -> Run:
-    """An epoch of make_loader over the shard list repeated to last about `seconds` (start-up included)."""
+def bench_loader(shards: Path, workers: int, batch: int, seconds: float) -> tuple[Run, Run]:
+    """(first, second) epoch of one make_loader over the shard list repeated so that an epoch lasts about
+    `seconds`: the first starts the workers, the second is what the rest of a training run gets."""
     import json
 
     from pipelines.loader import LoaderConfig, make_loader
@@ -135,12 +156,19 @@ def bench_loader(shards: Path, workers: int, batch: int, seconds: float) -> Run:
     index = json.loads((shards / "train-index.json").read_text())
     urls = [str(shards / e["name"]) for e in index["shards"]]
 
-    def epoch(reps):
-        loader = make_loader(LoaderConfig(urls * reps, batch_size=batch, workers=workers, equal_batches=False))
-        return sum(int(b["view_mask"].sum()) * b["images"].shape[2] for b in loader)
+    def loader(reps):
+        return make_loader(LoaderConfig(urls * reps, batch_size=batch, workers=workers, equal_batches=False))
 
-    one = timed(lambda: epoch(1))
-    return timed(lambda: epoch(max(1, round(seconds / one.wall))))
+    def epoch(ld, n):
+        ld.set_epoch(n)
+        return sum(int(b["view_mask"].sum()) * b["images"].shape[2] for b in ld)
+
+    one = timed(lambda: epoch(loader(1), 0))
+    ld = loader(max(1, round(seconds / one.wall)))
+    first = timed(lambda: epoch(ld, 0))
+    second = timed(lambda: epoch(ld, 1))
+    del ld                                   # its workers end
+    return first, second
 
 
 # ----------------------------------------------------------------------------------------- the decode limit
@@ -246,9 +274,10 @@ def main_bench() -> None:
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--clip", type=int, default=16, help="Frames per clip.")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=15.0, help="Length of each timed run (an epoch: the loader's "
-                    "start-up, about 0.2 s, is part of it, as in training, where epochs last minutes).")
-    ap.add_argument("--rounds", type=int, default=3, help="Interleaved repetitions; the median is reported.")
+    ap.add_argument("--seconds", type=float, default=15.0, help="Length of each timed run (a loader "
+                    "epoch; real training epochs last minutes).")
+    ap.add_argument("--rounds", type=int, default=5, help="Interleaved repetitions; the median is reported (this "
+                    "VM's decode speed moves 5-10 %% between runs: 3 rounds were not enough).")
     args = ap.parse_args()
     extracted, shards, frames_dir = prepare(args)
     jpegs = shard_jpegs(shards)
@@ -256,13 +285,15 @@ def main_bench() -> None:
 
     torch.set_num_threads(1)
     load0 = os.getloadavg()[0]
-    methods = ("loader", "decode", "cv2", "baseline")
+    methods = ("loader", "first", "decode", "cv2", "baseline")
     runs = {(p, m): [] for p in (1, 2) for m in methods}
     for r in range(args.rounds):
         for p in (1, 2):
             runs[p, "decode"].append(bench_decode(jpegs, p, args.seconds))
             runs[p, "cv2"].append(bench_decode(jpegs, p, args.seconds, "cv2"))
-            runs[p, "loader"].append(bench_loader(shards, p, args.batch, args.seconds))
+            first, later = bench_loader(shards, p, args.batch, args.seconds)
+            runs[p, "first"].append(first)
+            runs[p, "loader"].append(later)
             runs[p, "baseline"].append(bench_baseline(extracted, frames_dir, args.clip, args.crop, p, args.batch,
                                                       args.seconds))
             print(f"round {r + 1}, {p} processes: " + ", ".join(
@@ -283,13 +314,18 @@ def main_bench() -> None:
 
     print("| processes | loader crops/s | decode limit crops/s | cv2.imdecode loop crops/s | baseline crops/s | "
           "loader / decode | loader / baseline | loader / decode per CPU-s | loader / baseline per CPU-s | "
-          "loader / cv2.imdecode loop |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "loader / cv2.imdecode loop | first epoch crops/s | first epoch / decode |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in (1, 2):
         print(f"| {p} | {med(p, 'loader', 'rate'):.0f} | {med(p, 'decode', 'rate'):.0f} | {med(p, 'cv2', 'rate'):.0f} | "
               f"{med(p, 'baseline', 'rate'):.0f} | {ratio(p, 'loader', 'decode', 'rate'):.2f}x | "
               f"{ratio(p, 'loader', 'baseline', 'rate'):.1f}x | {ratio(p, 'loader', 'decode', 'per_cpu'):.2f}x | "
-              f"{ratio(p, 'loader', 'baseline', 'per_cpu'):.1f}x | {ratio(p, 'loader', 'cv2', 'rate'):.2f}x |")
+              f"{ratio(p, 'loader', 'baseline', 'per_cpu'):.1f}x | {ratio(p, 'loader', 'cv2', 'rate'):.2f}x | "
+              f"{med(p, 'first', 'rate'):.0f} | {ratio(p, 'first', 'decode', 'rate'):.2f}x |")
+    print("\nper round, loader / decode: " + "; ".join(
+        f"{p} process{'es' if p > 1 else ''} " + ", ".join(f"{x.rate / y.rate:.2f}"
+                                                       for x, y in zip(runs[p, 'loader'], runs[p, 'decode']))
+        for p in (1, 2)))
 
 
 if __name__ == "__main__":

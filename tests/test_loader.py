@@ -408,6 +408,23 @@ def test_tar_reader_follows_long_names_and_matches_tarfile(tmp_path):
             list(iter_tar_files(io.BytesIO(data[:100] + b"?" + data[101:])))
 
 
+def test_tar_numeric_fields_read_as_tarfile_reads_them():
+    """Header numbers as tarfile writes them (the checksum's NUL then blank, the size's trailing NUL) and as other
+    writers do (blanks, no NUL, nothing after a NUL) read as `tarfile.nti` reads them; a non-number is ValueError."""
+    import tarfile
+
+    from pipelines.tarstream import _octal
+
+    fields = [tarfile.itn(n, 8, tarfile.GNU_FORMAT) for n in (0, 7, 0o12345, 0o7777777)]
+    fields += [b"0012345\0 ", b"00000001234\0", b" 1234 \0\0\0", b"   17   ", b"12\0garbage", b"\0" * 12, b" " * 8]
+    for f in fields:
+        assert _octal(f) == tarfile.nti(f), f
+    assert _octal(tarfile.itn(0o12345, 8, tarfile.GNU_FORMAT)) == 0o12345
+    for bad in (b"12x4\0", b"1 2\0", b"9\0"):
+        with pytest.raises(ValueError):
+            _octal(bad)
+
+
 class _Trickle:
     """A stream that returns at most `most` bytes a read, as a socket or pipe may."""
 
