@@ -21,6 +21,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import tarfile
@@ -107,7 +108,7 @@ def _load_npy(data: bytes, name: str) -> np.ndarray:
     m = _NPY_F4.match(data)
     if m and m.end() == 10 + int.from_bytes(data[8:10], "little"):
         shape = tuple(int(d) for d in m.group(1).split(b",") if d.strip())
-        if len(data) - m.end() == 4 * int(np.prod(shape)):
+        if len(data) - m.end() == 4 * math.prod(shape):
             return np.frombuffer(data, np.float32, offset=m.end()).reshape(shape).copy()
     try:                                     # anything else (and every damaged file): numpy's own reader
         a = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
