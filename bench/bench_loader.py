@@ -101,10 +101,12 @@ def write_fullframes(extracted: Path, release: Path, out: Path) -> None:
 
 @dataclass
 class Run:
-    """One timed run: crops produced, wall seconds, CPU seconds of this process and its (finished) children."""
+    """One timed run: crops produced, wall seconds, CPU seconds of this process and its children (`cpu`) and of
+    this process alone (`own`: for the loader, the consumer's part)."""
     crops: int
     wall: float
     cpu: float
+    own: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -139,9 +141,9 @@ def _cpu() -> float:
 
 def timed(fn) -> Run:
     """Run fn() -> crops, counting the CPU time of this process and of its children (live or exited)."""
-    c0, t0 = _cpu(), time.perf_counter()
+    c0, o0, t0 = _cpu(), time.process_time(), time.perf_counter()
     crops = fn()
-    return Run(crops, time.perf_counter() - t0, _cpu() - c0)
+    return Run(crops, time.perf_counter() - t0, _cpu() - c0, time.process_time() - o0)
 
 
 # ----------------------------------------------------------------------------------------- the loader
@@ -326,6 +328,21 @@ def main_bench() -> None:
         f"{p} process{'es' if p > 1 else ''} " + ", ".join(f"{x.rate / y.rate:.2f}"
                                                        for x, y in zip(runs[p, 'loader'], runs[p, 'decode']))
         for p in (1, 2)))
+
+    def each(p, m, f):              # median over the rounds of f(run)
+        return float(np.median([f(x) for x in runs[p, m]]))
+
+    def busy(x):
+        return x.cpu / x.wall
+
+    def us_a_crop(x):
+        return 1e6 * x.cpu / x.crops
+
+    print("where the loader's time goes (medians): " + "; ".join(
+        f"{p} process{'es' if p > 1 else ''}: cores busy {each(p, 'loader', busy):.2f} (decode limit "
+        f"{each(p, 'decode', busy):.2f}), the consumer {100 * each(p, 'loader', lambda x: x.own / x.cpu):.1f} % of "
+        f"the loader's CPU, {each(p, 'loader', us_a_crop):.0f} us of CPU a crop (decode limit "
+        f"{each(p, 'decode', us_a_crop):.0f})" for p in (1, 2)))
 
 
 if __name__ == "__main__":
