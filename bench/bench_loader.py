@@ -42,6 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+#: Marker file of a finished preparation stage in --work.
+DONE = ".bench-done"
+
+
 def prepare(args) -> tuple[Path, Path, Path]:
     """(extracted, shards, full-frame JPEG folder) under args.work, made once and reused."""
     from click.testing import CliRunner
@@ -62,14 +66,17 @@ def prepare(args) -> tuple[Path, Path, Path]:
         if res.exit_code:
             raise SystemExit(f"h36m {' '.join(map(str, a))} failed:\n{res.output}{res.exception!r}")
 
-    if not (release / "S9").is_dir():
+    # a stage is done when its marker is there (written after it succeeded: a killed run is redone, not reused)
+    if not args.release and not (release / DONE).is_file():
         print(f"synth {release} (scale {args.scale}, {args.frames} frames; once)", file=sys.stderr)
         from pipelines.synth import SynthConfig, run_synth
 
         run_synth(SynthConfig(out=release, subjects=("S1", "S9"), sequences_per_subject=1, frames=args.frames,
                               scale=args.scale, noise=args.noise, workers=2))
-    if not (extracted / "manifest.json").is_file():
+        (release / DONE).write_text("")
+    if not (extracted / DONE).is_file():
         cli("extract", release, extracted, "--size", args.crop, "--workers", 2)
+        (extracted / DONE).write_text("")
     if not (shards / "train-index.json").is_file():
         cli("shard", extracted, shards, "--frames", args.clip, "--subjects", "S1,S9", "--shard-mb", f"{shard_mb:.3f}")
     if not (frames / "done").is_file():
