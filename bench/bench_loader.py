@@ -79,7 +79,7 @@ def prepare(args) -> tuple[Path, Path, Path]:
         (extracted / DONE).write_text("")
     if not (shards / "train-index.json").is_file():
         cli("shard", extracted, shards, "--frames", args.clip, "--subjects", "S1,S9", "--shard-mb", f"{shard_mb:.3f}")
-    if not (frames / "done").is_file():
+    if not (frames / DONE).is_file():
         write_fullframes(extracted, release, frames)
     return extracted, shards, frames
 
@@ -101,7 +101,7 @@ def write_fullframes(extracted: Path, release: Path, out: Path) -> None:
                 if t >= meta.frames:
                     break
                 cv2.imwrite(str(d / f"{t:06d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    (out / "done").write_text("")
+    (out / DONE).write_text("")
 
 
 # ----------------------------------------------------------------------------------------- measuring
@@ -113,7 +113,7 @@ class Run:
     crops: int
     wall: float
     cpu: float
-    own: float = 0.0
+    own: float
 
     @property
     def rate(self) -> float:
@@ -315,8 +315,11 @@ def main_bench() -> None:
           f"{os.cpu_count()} CPUs, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; median of {args.rounds} "
           f"rounds of {args.seconds:g} s runs\n")
 
+    def each(p, m, f):              # median over the rounds of f(run)
+        return float(np.median([f(x) for x in runs[p, m]]))
+
     def med(p, m, attr):
-        return float(np.median([getattr(x, attr) for x in runs[p, m]]))
+        return each(p, m, lambda x: getattr(x, attr))
 
     def ratio(p, a, b, attr):       # per-round ratio of runs taken back to back, then the median
         return float(np.median([getattr(x, attr) / getattr(y, attr) for x, y in zip(runs[p, a], runs[p, b])]))
@@ -335,9 +338,6 @@ def main_bench() -> None:
         f"{p} process{'es' if p > 1 else ''} " + ", ".join(f"{x.rate / y.rate:.2f}"
                                                        for x, y in zip(runs[p, 'loader'], runs[p, 'decode']))
         for p in (1, 2)))
-
-    def each(p, m, f):              # median over the rounds of f(run)
-        return float(np.median([f(x) for x in runs[p, m]]))
 
     def busy(x):
         return x.cpu / x.wall
