@@ -155,6 +155,11 @@ def timed(fn) -> Run:
 
 # ----------------------------------------------------------------------------------------- the loader
 
+def crops_of(loader) -> int:
+    """Crops in one pass over a loader (real views x frames of each batch)."""
+    return sum(int(b["view_mask"].sum()) * b["images"].shape[2] for b in loader)
+
+
 def bench_loader(shards: Path, workers: int, batch: int, seconds: float) -> tuple[Run, Run]:
     """(first, second) epoch of one make_loader over the shard list repeated so that an epoch lasts about
     `seconds`: the first starts the workers, the second is what the rest of a training run gets."""
@@ -170,7 +175,7 @@ def bench_loader(shards: Path, workers: int, batch: int, seconds: float) -> tupl
 
     def epoch(ld, n):
         ld.set_epoch(n)
-        return sum(int(b["view_mask"].sum()) * b["images"].shape[2] for b in ld)
+        return crops_of(ld)
 
     one = timed(lambda: epoch(loader(1), 0))
     ld = loader(max(1, round(seconds / one.wall)))

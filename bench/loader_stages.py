@@ -11,7 +11,7 @@ Run `bench/bench_loader.py` first (it writes the shards). The stages, each over 
   worker          make_loader(workers=1): the worker process's CPU ...
   consumer        ... and the consuming process's (the DataLoader's hand-over; on 2 cores with 2 workers it takes
                   time from the decoding)
-Rounds interleave the stages, each about --seconds of CPU; medians. A diagnostic for bench_loader's ratios, not a
+Rounds interleave the stages, each about --seconds of CPU (decode: of wall time, bench_loader's loop); medians. A diagnostic for bench_loader's ratios, not a
 target: the CPU times are of this process (and for `worker` of its child), so other load on the machine matters less.
 """
 from __future__ import annotations
@@ -35,10 +35,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     args = ap.parse_args()
 
-    import simplejpeg
     import torch
 
-    from bench_loader import _live_children_cpu
+    from bench_loader import _decode_loop, _live_children_cpu, crops_of
     from pipelines.loader import POOL_EXTRA, LoaderConfig, make_loader
     from pipelines.shard import MAX_VIEWS, decode_into, decode_sample, iter_tar_samples
     from pipelines.tarstream import iter_samples, iter_tar_files
@@ -51,32 +50,36 @@ def main() -> None:
     crops = sum(c.views * c.frames for c in clips)
     cfg = LoaderConfig([str(p) for p in paths], equal_batches=False, workers=0)
     size = int(clips[0].meta["crop_size"])
-    crop = np.empty((size, size, 3), np.uint8)
     pool = [np.empty((cfg.batch_size, MAX_VIEWS, clips[0].frames, size, size, 3), np.uint8)
             for _ in range(cfg.prefetch + POOL_EXTRA)]
     jpegs = [j for c in clips for frames in c.jpeg for j in frames]
 
-    def decode():
-        for j in jpegs:
-            simplejpeg.decode_jpeg(j, "RGB", buffer=crop)
+    def decode():                                   # bench_loader's decode limit loop, for --seconds
+        return _decode_loop((jpegs, args.seconds, "simplejpeg"))
+
+    def slot(i: int) -> np.ndarray:                 # sample i's place in the rotating batch buffers
+        return pool[i // cfg.batch_size % len(pool)][i % cfg.batch_size]
 
     def into_batches():
         for i, c in enumerate(clips):
-            decode_into(pool[i // cfg.batch_size % len(pool)][i % cfg.batch_size], c)
+            decode_into(slot(i), c)
+        return crops
 
     def tar_parse():
         i = 0
         for p in paths:
             with open(p, "rb") as f:
                 for raw in iter_samples(iter_tar_files(f), str(p)):
-                    decode_into(pool[i // cfg.batch_size % len(pool)][i % cfg.batch_size], decode_sample(raw))
+                    decode_into(slot(i), decode_sample(raw))
                     i += 1
+        return crops
 
     in_process = make_loader(cfg)
     with_worker = make_loader(LoaderConfig(cfg.urls, equal_batches=False, workers=1))
 
     def epoch(loader):
-        assert sum(int(b["view_mask"].sum()) * b["images"].shape[2] for b in loader) == crops
+        assert crops_of(loader) == crops
+        return crops
 
     res: dict[str, list[float]] = {k: [] for k in ("decode", "into batches", "tar + parse", "loader", "worker",
                                                    "consumer")}
@@ -84,17 +87,15 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, fn in (("decode", decode), ("into batches", into_batches), ("tar + parse", tar_parse),
                          ("loader", lambda: epoch(in_process))):
-            t0, n = time.process_time(), 0
+            t0, done = time.process_time(), 0
             while time.process_time() - t0 < args.seconds:
-                fn()
-                n += 1
-            res[name].append(1e6 * (time.process_time() - t0) / (n * crops))
-        t0, k0, n = time.process_time(), _live_children_cpu(), 0
+                done += fn()
+            res[name].append(1e6 * (time.process_time() - t0) / done)
+        t0, k0, done = time.process_time(), _live_children_cpu(), 0
         while _live_children_cpu() - k0 < args.seconds:
-            epoch(with_worker)
-            n += 1
-        res["consumer"].append(1e6 * (time.process_time() - t0) / (n * crops))
-        res["worker"].append(1e6 * (_live_children_cpu() - k0) / (n * crops))
+            done += epoch(with_worker)
+        res["consumer"].append(1e6 * (time.process_time() - t0) / done)
+        res["worker"].append(1e6 * (_live_children_cpu() - k0) / done)
     base = float(np.median(res["decode"]))
     print(f"{crops} crops of {size} px in {clips[0].frames}-frame clips, batch {cfg.batch_size}; medians of "
           f"{args.rounds} rounds\n")
