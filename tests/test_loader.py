@@ -329,7 +329,8 @@ def test_recycled_image_buffers_are_not_overwritten_while_referenced(shards, wor
 def test_image_buffers_are_recycled_when_batches_are_dropped(shards, workers):
     """A consumer that lets each batch go gets its images in the readers' few pool buffers (mapped once), not in a
     new buffer per batch."""
-    cfg = LoaderConfig(_urls(shards), batch_size=1, workers=workers, equal_batches=False, shuffle=0, prefetch=1)
+    cfg = LoaderConfig(_urls(shards), batch_size=1, workers=workers, equal_batches=False, shuffle=0, prefetch=1,
+                       message_crops=1)
     loader = make_loader(cfg)
     assert sum(1 for _ in loader) == 10
     assert loader.stats.buffers <= max(workers, 1) * (cfg.prefetch + 2) < 10
@@ -344,7 +345,8 @@ def test_passes_after_an_abandoned_one_are_whole_and_follow_set_epoch(shards, wo
     does not disturb the next, which gives every clip with its own images in the order of a new loader at that
     epoch; the batches the DataLoader dropped free their buffers again (no new buffers in the pass after)."""
     ref = _reference_images(shards)
-    cfg = LoaderConfig(_urls(shards), batch_size=1, workers=workers, equal_batches=False, seed=3, prefetch=1)
+    cfg = LoaderConfig(_urls(shards), batch_size=1, workers=workers, equal_batches=False, seed=3, prefetch=1,
+                       message_crops=1)
     loader = make_loader(cfg)
     for i, _ in enumerate(loader):
         if i == 1:
@@ -358,9 +360,39 @@ def test_passes_after_an_abandoned_one_are_whole_and_follow_set_epoch(shards, wo
             keys.append(key)
             del batch
         fresh = _keys(make_loader(LoaderConfig(_urls(shards), batch_size=1, workers=workers, equal_batches=False,
-                                               seed=3, prefetch=1, epoch=epoch)))
+                                               seed=3, prefetch=1, epoch=epoch, message_crops=1)))
         assert keys == fresh and sorted(keys) == sorted(ref)
     assert loader.stats.buffers == 0 and loader.stats.samples == 10
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_messages_of_several_batches_split_into_the_same_batches(shards, workers):
+    """A worker sends several batches per message (message_crops): the consumer still gets batches of batch_size,
+    len(loader) of them in training (a quota that is no multiple of the message), every clip once with its own
+    images in evaluation, the last batch of each worker perhaps short."""
+    from pipelines.loader import batches_per_message
+
+    assert batches_per_message(2, 4 * FRAMES, 1) == 1 and batches_per_message(2, 4 * FRAMES, 65) == 2
+    assert batches_per_message(1, 4 * 128) == 1
+    ref = _reference_images(shards)
+    for equal in (True, False):
+        got = {}
+        for crops in (1, 3 * 4 * FRAMES, 10 ** 9):     # 1 batch, 2 batches of 2 clips, all of a worker's batches
+            loader = make_loader(LoaderConfig(_urls(shards), batch_size=2, workers=workers, equal_batches=equal,
+                                              seed=1, message_crops=crops))
+            batches = list(loader)
+            sizes = [len(b["key"]) for b in batches]
+            for b in batches:
+                assert b["images"].shape[0] == len(b["key"]) == b["pose2d"].shape[0] == b["view_mask"].shape[0]
+                for i, key in enumerate(b["key"]):
+                    V = int(b["view_mask"][i].sum())
+                    np.testing.assert_array_equal(b["images"][i, :V].numpy(), ref[key])
+            if equal:
+                assert sizes == [2] * len(loader)
+            else:
+                assert sizes.count(1) <= max(workers, 1) and sum(sizes) == len(ref)
+            got[crops] = sorted(_keys(batches))
+        assert got[1] == got[3 * 4 * FRAMES] == got[10 ** 9]
 
 
 def test_loader_workers_leave_inherited_objects_to_the_garbage_collector_of_the_parent(shards):
