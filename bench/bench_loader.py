@@ -160,18 +160,21 @@ def crops_of(loader) -> int:
     return sum(int(b["view_mask"].sum()) * b["images"].shape[2] for b in loader)
 
 
-def bench_loader(shards: Path, workers: int, batch: int, seconds: float) -> tuple[Run, Run]:
+def bench_loader(shards: Path, workers: int, batch: int, seconds: float,
+                 message_crops: int | None = None) -> tuple[Run, Run]:
     """(first, second) epoch of one make_loader over the shard list repeated so that an epoch lasts about
-    `seconds`: the first starts the workers, the second is what the rest of a training run gets."""
+    `seconds`: the first starts the workers, the second is what the rest of a training run gets. `message_crops`:
+    LoaderConfig's (None: its default)."""
     import json
 
-    from pipelines.loader import LoaderConfig, make_loader
+    from pipelines.loader import MESSAGE_CROPS, LoaderConfig, make_loader
 
     index = json.loads((shards / "train-index.json").read_text())
     urls = [str(shards / e["name"]) for e in index["shards"]]
 
     def loader(reps):
-        return make_loader(LoaderConfig(urls * reps, batch_size=batch, workers=workers, equal_batches=False))
+        return make_loader(LoaderConfig(urls * reps, batch_size=batch, workers=workers, equal_batches=False,
+                                        message_crops=MESSAGE_CROPS if message_crops is None else message_crops))
 
     def epoch(ld, n):
         ld.set_epoch(n)
@@ -288,6 +291,8 @@ def main_bench() -> None:
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--clip", type=int, default=16, help="Frames per clip.")
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--message-crops", type=int, default=None, help="LoaderConfig.message_crops (default: "
+                    "the loader's; 1: one batch a worker message, as before messages held several)")
     ap.add_argument("--seconds", type=float, default=15.0, help="Length of each timed run (a loader "
                     "epoch; real training epochs last minutes).")
     ap.add_argument("--rounds", type=int, default=5, help="Interleaved repetitions; the median is reported (this "
@@ -305,7 +310,7 @@ def main_bench() -> None:
         for p in (1, 2):
             runs[p, "decode"].append(bench_decode(jpegs, p, args.seconds))
             runs[p, "cv2"].append(bench_decode(jpegs, p, args.seconds, "cv2"))
-            first, later = bench_loader(shards, p, args.batch, args.seconds)
+            first, later = bench_loader(shards, p, args.batch, args.seconds, args.message_crops)
             runs[p, "first"].append(first)
             runs[p, "loader"].append(later)
             runs[p, "baseline"].append(bench_baseline(extracted, frames_dir, args.clip, args.crop, p, args.batch,
@@ -316,7 +321,8 @@ def main_bench() -> None:
     sizes = np.array([len(j) for j in jpegs])
     print(f"\n{len(jpegs)} crops of {args.crop}x{args.crop} px in {args.clip}-frame clips (mean JPEG "
           f"{sizes.mean() / 1e3:.1f} kB); full frames 1000x1000/1002 (mean file "
-          f"{np.mean([p.stat().st_size for p in frames_dir.rglob('*.jpg')]) / 1e3:.0f} kB); batch {args.batch}; "
+          f"{np.mean([p.stat().st_size for p in frames_dir.rglob('*.jpg')]) / 1e3:.0f} kB); batch {args.batch}"
+          f"{'' if args.message_crops is None else f' (message_crops {args.message_crops})'}; "
           f"{os.cpu_count()} CPUs, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; median of {args.rounds} "
           f"rounds of {args.seconds:g} s runs\n")
 

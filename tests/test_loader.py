@@ -307,20 +307,22 @@ def test_augmenting_loader_flips_whole_samples(shards):
     assert len(flips) == 10 and 0 < sum(flips) < 10
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_recycled_image_buffers_are_not_overwritten_while_referenced(shards, workers):
-    """Readers reuse an image buffer only after the consumer dropped every reference to that batch's images:
-    views kept from every other batch still hold their clip at the end, and every batch is right on arrival."""
+@pytest.mark.parametrize("workers,message_crops", [(0, 1), (2, 1), (2, 2 * 4 * FRAMES)])
+def test_recycled_image_buffers_are_not_overwritten_while_referenced(shards, workers, message_crops):
+    """Readers reuse an image buffer only after the consumer dropped every reference to its images: views kept from
+    every other batch still hold their clip at the end, and every batch is right on arrival; also when a buffer
+    holds a message of 2 batches and only the first of them is kept (prefetch 1: few buffers, much reuse)."""
     ref = _reference_images(shards)
-    loader = make_loader(LoaderConfig(_urls(shards), batch_size=1, workers=workers, equal_batches=False, seed=4))
+    loader = make_loader(LoaderConfig([_urls(shards)] * 2, batch_size=1, workers=workers, equal_batches=False,
+                                      seed=4, shuffle=0, prefetch=1, message_crops=message_crops))
     kept = []
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(loader):      # the shards twice: 10 batches a reader, more than its 3 buffers
         key, V = batch["key"][0], int(batch["view_mask"][0].sum())
         np.testing.assert_array_equal(batch["images"][0, :V].numpy(), ref[key])
         if i % 2 == 0:
             kept.append((key, batch["images"][0, :V]))        # a view: keeps the storage (and buffer) busy
         del batch
-    assert len(kept) == 5
+    assert i + 1 == 20 and len(kept) == 10
     for key, view in kept:
         np.testing.assert_array_equal(view.numpy(), ref[key])
 
