@@ -314,9 +314,9 @@ def test_recycled_image_buffers_are_not_overwritten_while_referenced(shards, wor
     holds a message of 2 batches and only the first of them is kept (prefetch 1: few buffers, much reuse)."""
     ref = _reference_images(shards)
     loader = make_loader(LoaderConfig([_urls(shards)] * 2, batch_size=1, workers=workers, equal_batches=False,
-                                      seed=4, shuffle=0, prefetch=1, message_crops=message_crops))
+                                      seed=4, prefetch=1, message_crops=message_crops))
     kept = []
-    for i, batch in enumerate(loader):      # the shards twice: 10 batches a reader, more than its 3 buffers
+    for i, batch in enumerate(loader):      # the shards twice: 20 batches (10 a worker), more than a reader's 3 buffers
         key, V = batch["key"][0], int(batch["view_mask"][0].sum())
         np.testing.assert_array_equal(batch["images"][0, :V].numpy(), ref[key])
         if i % 2 == 0:
