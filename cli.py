@@ -38,7 +38,7 @@ class _Group(click.Group):
     """Turns the library's input errors into one-line messages instead of tracebacks."""
 
     def invoke(self, ctx):
-        from h36m_tools.errors import H36MError
+        from h36m.h36m_tools.errors import H36MError
 
         try:
             return super().invoke(ctx)
@@ -78,8 +78,8 @@ def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, 
     """Write a synthetic release in the exact H36M layout and formats to OUT."""
     import os
 
-    from h36m_tools.names import parse_subjects
-    from pipelines.synth import SynthConfig, choose_sequences, run_synth
+    from h36m.h36m_tools.names import parse_subjects
+    from h36m.pipelines.synth.release import SynthConfig, choose_sequences, run_synth
 
     try:
         cfg = SynthConfig(out=out, subjects=parse_subjects(subjects), sequences_per_subject=sequences_per_subject,
@@ -152,9 +152,9 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
     A killed run started again redoes only unfinished sequences. Skipped sequences (a missing or unreadable camera,
     no poses) do not change the exit status; failed ones (bad input files, a full disk) make it 1.
     """
-    from h36m_tools.names import parse_subjects
-    from pipelines.extract import plan_extract, run_extract
-    from pipelines.extract_plan import ExtractConfig, default_workers, parse_part
+    from h36m.h36m_tools.names import parse_subjects
+    from h36m.pipelines.extract.extract import plan_extract, run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig, default_workers, parse_part
 
     try:
         cfg = ExtractConfig(raw=raw, out=out, subjects=parse_subjects(subjects) if subjects else None, size=size,
@@ -215,8 +215,8 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
 def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_seed, no_shuffle, tail):
     """Write WebDataset shards OUT/{split}-NNNNNN.tar of F-frame multi-view clips of EXTRACTED, and
     OUT/{split}-index.json. Deterministic and resumable; both splits can share OUT."""
-    from h36m_tools.names import parse_subjects
-    from pipelines.shard import ShardConfig, plan_clips, write_shards
+    from h36m.h36m_tools.names import parse_subjects
+    from h36m.pipelines.shards.writer import ShardConfig, plan_clips, write_shards
 
     try:
         cfg = ShardConfig(extracted=extracted, out=out, frames=frames, stride=stride, split=split,
@@ -248,7 +248,7 @@ def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_see
 def verify(shards, no_decode, workers):
     """Read every sample of SHARDS (files, folders or brace patterns): schema, shapes, values, JPEGs, keys, and
     each shard's count, size and sha256 against {split}-index.json. Lists every problem; exit 1 on any."""
-    from pipelines.verify import shard_paths, verify as run_verify
+    from h36m.pipelines.shards.verify import shard_paths, verify as run_verify
 
     paths = shard_paths(shards)
     if not paths:
@@ -274,7 +274,7 @@ def verify(shards, no_decode, workers):
 @click.option("--max-frames", default=8, show_default=True, type=click.IntRange(1), help="Columns.")
 def show(shard_file, key, out, max_frames):
     """Draw one clip of SHARD as a PNG grid of views x frames with the skeleton (left blue, right red)."""
-    from pipelines.show import ShowConfig, show as run_show
+    from h36m.pipelines.shards.show import ShowConfig, show as run_show
 
     path, clip = run_show(ShowConfig(shard_file, out, key, max_frames))
     _console().print(f"{clip.key}: {clip.views} views x {clip.frames} frames -> {path}", markup=False)
@@ -353,8 +353,8 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
     _openmp_env()
     import os
 
-    from pipelines import train as T
-    from pipelines.train_config import build_config
+    from h36m.pipelines import train as T
+    from h36m.pipelines.train.config import build_config
 
     console = _console()
     quiet = int(os.environ.get("RANK", "0")) != 0
@@ -378,7 +378,7 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
 
 
 def _print_report(console, report):
-    from pipelines.report import rich_tables, settings_lines
+    from h36m.pipelines.evaluate.report import rich_tables, settings_lines
 
     for table in rich_tables(report, width=console.width):
         console.print(table)
@@ -407,9 +407,9 @@ def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, 
     """Evaluate a run on test shards: 2-D PCK/AP/AR and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action, with a
     mean-pose baseline; prints Table-II-like tables, writes results.json/.csv/.md and plots."""
     _openmp_env()
-    from pipelines.evaluate import EvalConfig, default_out
-    from pipelines.evaluate import evaluate as run_eval
-    from pipelines.report import write_report
+    from h36m.pipelines.evaluate.evaluate import EvalConfig, default_out
+    from h36m.pipelines.evaluate.evaluate import evaluate as run_eval
+    from h36m.pipelines.evaluate.report import write_report
 
     console = _console()
     cfg = EvalConfig(run=str(run_dir), shards=shards, out=str(out) if out else None, exclude_damaged=exclude_damaged,
@@ -445,8 +445,8 @@ def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
     """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d then
     lift) -> evaluate on S9/S11 against a mean-pose baseline. Run it again to continue where it stopped."""
     _openmp_env()
-    from h36m_tools.names import parse_subjects
-    from pipelines.demo import DemoConfig, run_demo
+    from h36m.h36m_tools.names import parse_subjects
+    from h36m.pipelines.demo import DemoConfig, run_demo
 
     console = _console()
     cfg = DemoConfig(out=out, subjects=parse_subjects(subjects), sequences_per_subject=sequences_per_subject,

@@ -65,12 +65,12 @@ def main(argv=None) -> None:
     import cv2
     import numpy as np
 
-    from h36m_tools import video
-    from pipelines.crop import crop_bgr, joints_box
-    from pipelines.extract import run_extract
-    from pipelines.extract_plan import ExtractConfig
-    from pipelines.extracted import list_sequences, read_sequence
-    from pipelines.synth import SynthConfig, run_synth
+    from h36m.h36m_tools import video
+    from h36m.pipelines.extract.crop import crop_bgr, joints_box
+    from h36m.pipelines.extract.extract import run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig
+    from h36m.pipelines.extract.dataset import list_sequences, read_sequence
+    from h36m.pipelines.synth.release import SynthConfig, run_synth
 
     cv2.setNumThreads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_extract_"))

@@ -50,7 +50,7 @@ def prepare(args) -> tuple[Path, Path, Path]:
     """(extracted, shards, full-frame JPEG folder) under args.work, made once and reused."""
     from click.testing import CliRunner
 
-    from cli import main
+    from h36m.cli import main
 
     work = Path(args.work)
     tag = ("" if args.noise == 3.0 else f"_noise{args.noise:g}") + ("" if args.frames == 100 else f"_f{args.frames}")
@@ -69,7 +69,7 @@ def prepare(args) -> tuple[Path, Path, Path]:
     # a stage is done when its marker is there (written after it succeeded: a killed run is redone, not reused)
     if not args.release and not (release / DONE).is_file():
         print(f"synth {release} (scale {args.scale}, {args.frames} frames; once)", file=sys.stderr)
-        from pipelines.synth import SynthConfig, run_synth
+        from h36m.pipelines.synth.release import SynthConfig, run_synth
 
         run_synth(SynthConfig(out=release, subjects=("S1", "S9"), sequences_per_subject=1, frames=args.frames,
                               scale=args.scale, noise=args.noise, workers=2))
@@ -88,8 +88,8 @@ def write_fullframes(extracted: Path, release: Path, out: Path) -> None:
     """Every synchronised video frame of every camera as a full-size JPEG file (quality 90)."""
     import cv2
 
-    from h36m_tools.video import iter_frames
-    from pipelines.extracted import list_sequences, read_meta
+    from h36m.h36m_tools.video import iter_frames
+    from h36m.pipelines.extract.dataset import list_sequences, read_meta
 
     for p in list_sequences(extracted):
         meta = read_meta(p)
@@ -167,7 +167,7 @@ def bench_loader(shards: Path, workers: int, batch: int, seconds: float,
     LoaderConfig's (None: its default)."""
     import json
 
-    from pipelines.loader import MESSAGE_CROPS, LoaderConfig, make_loader
+    from h36m.pipelines.loader.loader import MESSAGE_CROPS, LoaderConfig, make_loader
 
     index = json.loads((shards / "train-index.json").read_text())
     urls = [str(shards / e["name"]) for e in index["shards"]]
@@ -213,7 +213,7 @@ def _decode_loop(args) -> int:
 
 
 def shard_jpegs(shards: Path) -> list[bytes]:
-    from pipelines.shard import iter_tar_samples
+    from h36m.pipelines.shards.sample import iter_tar_samples
 
     return [v for p in sorted(shards.glob("train-*.tar")) for raw in iter_tar_samples(p)
             for k, v in raw.items() if k.endswith(".jpg")]
@@ -235,7 +235,7 @@ class FullFrameClips:
     """Map-style dataset: clip i -> (V, F, 3, S, S) uint8 crops cut from full-frame JPEG files (decode then crop)."""
 
     def __init__(self, extracted: Path, frames_dir: Path, clip: int, crop: int, repeat: int):
-        from pipelines.extracted import list_sequences, read_sequence
+        from h36m.pipelines.extract.dataset import list_sequences, read_sequence
 
         self.items, self.crop, self.frames_dir, self.repeat = [], crop, frames_dir, repeat
         for p in list_sequences(extracted):

@@ -22,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import PRESETS, build_model  # noqa: E402
+from h36m.model import PRESETS, build_model  # noqa: E402
 
 PARTS = ("spatial", "relations", "head", "lifter")
 B, V = 1, 4

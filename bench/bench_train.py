@@ -18,10 +18,10 @@ from pathlib import Path
 
 
 def build_shards(work: Path) -> Path:
-    from pipelines.extract import plan_extract, run_extract
-    from pipelines.extract_plan import ExtractConfig
-    from pipelines.shard import ShardConfig, write_shards
-    from pipelines.synth import SynthConfig, run_synth
+    from h36m.pipelines.extract.extract import plan_extract, run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig
+    from h36m.pipelines.shards.writer import ShardConfig, write_shards
+    from h36m.pipelines.synth.release import SynthConfig, run_synth
 
     sh = work / "shards"
     if (sh / "train-index.json").exists():
@@ -39,8 +39,8 @@ def bare_step_rate(stage: str, batch: int, steps: int) -> float:
 
     import torch
 
-    from model import PRESETS, build_model
-    from pipelines.train import normalise_images
+    from h36m.model import PRESETS, build_model
+    from h36m.pipelines.train.loop import normalise_images
 
     torch.manual_seed(0)
     net = build_model(dataclasses.replace(PRESETS["tiny"], lift=False))
@@ -65,8 +65,8 @@ def bare_step_rate(stage: str, batch: int, steps: int) -> float:
 
 
 def trainer_rate(shards: Path, work: Path, stage: str, batch: int, steps: int) -> tuple[float, float]:
-    from pipelines.train import read_metrics, train
-    from pipelines.train_config import TrainConfig
+    from h36m.pipelines.train.loop import read_metrics, train
+    from h36m.pipelines.train.config import TrainConfig
 
     out = work / f"run_{stage}"
     shutil.rmtree(out, ignore_errors=True)

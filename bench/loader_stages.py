@@ -38,9 +38,9 @@ def main() -> None:
     import torch
 
     from bench_loader import _decode_loop, _live_children_cpu, crops_of
-    from pipelines.loader import POOL_EXTRA, LoaderConfig, make_loader
-    from pipelines.shard import MAX_VIEWS, decode_into, decode_sample, iter_tar_samples
-    from pipelines.tarstream import iter_samples, iter_tar_files
+    from h36m.pipelines.loader.loader import POOL_EXTRA, LoaderConfig, make_loader
+    from h36m.pipelines.shards.sample import MAX_VIEWS, decode_into, decode_sample, iter_tar_samples
+    from h36m.pipelines.shards.tarstream import iter_samples, iter_tar_files
 
     torch.set_num_threads(1)
     paths = sorted(Path(args.shards).glob("train-*.tar"))

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .evaluate import EvalConfig, EvalProgress, EvalReport
-from .train import TrainEvent
+from h36m.pipelines.files import write_atomic
+from h36m.pipelines.evaluate.evaluate import EvalConfig, EvalProgress, EvalReport
+from h36m.pipelines.train.loop import TrainEvent
 
 STEPS = ("synth", "extract", "shard", "train-2d", "train-lift", "evaluate")
 
@@ -85,7 +86,7 @@ class DemoResult:
 
 def run_demo(cfg: DemoConfig, on_progress: Optional[Callable[[DemoEvent], None]] = None) -> DemoResult:
     """Run (or continue) the demo in cfg.out; returns the evaluation and the comparison with the baseline."""
-    from h36m_tools.names import TEST_SUBJECTS
+    from h36m.h36m_tools.names import TEST_SUBJECTS
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def run_demo(cfg: DemoConfig, on_progress: Optional[Callable[[DemoEvent], None]]
     state_path = out / "demo.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("config") not in (None, _config_dict(cfg)):
-        from h36m_tools.errors import H36MError
+        from h36m.h36m_tools.errors import H36MError
 
         raise H36MError(out, "holds a demo made with other options; use another --out or delete it")
     done: list[str] = state.get("done", [])
@@ -111,7 +112,7 @@ def run_demo(cfg: DemoConfig, on_progress: Optional[Callable[[DemoEvent], None]]
         message = fn()
         seconds[name] = time.perf_counter() - t
         done.append(name)
-        _write_json(state_path, {"config": _config_dict(cfg), "done": done})
+        write_atomic(state_path, json.dumps({"config": _config_dict(cfg), "done": done}, indent=1))
         emit(DemoEvent(name, "end", message))
 
     step("synth", lambda: _synth(cfg, raw))
@@ -120,8 +121,8 @@ def run_demo(cfg: DemoConfig, on_progress: Optional[Callable[[DemoEvent], None]]
     step("train-2d", lambda: _train(cfg, sh, runs / "2d", "2d", None, emit))
     step("train-lift", lambda: _train(cfg, sh, runs / "lift", "lift", runs / "2d", emit))
 
-    from .evaluate import evaluate
-    from .report import write_report
+    from h36m.pipelines.evaluate.evaluate import evaluate
+    from h36m.pipelines.evaluate.report import write_report
 
     t = time.perf_counter()
     emit(DemoEvent("evaluate", "start"))
@@ -148,7 +149,7 @@ def _config_dict(cfg: DemoConfig) -> dict:
 
 
 def _synth(cfg: DemoConfig, raw: Path) -> str:
-    from .synth import SynthConfig, run_synth
+    from h36m.pipelines.synth.release import SynthConfig, run_synth
 
     if raw.exists():          # a synth killed half-way: start it again
         shutil.rmtree(raw)
@@ -159,8 +160,8 @@ def _synth(cfg: DemoConfig, raw: Path) -> str:
 
 
 def _extract(cfg: DemoConfig, raw: Path, ex: Path) -> str:
-    from .extract import plan_extract, run_extract
-    from .extract_plan import ExtractConfig
+    from h36m.pipelines.extract.extract import plan_extract, run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig
 
     ecfg = ExtractConfig(raw=raw, out=ex, size=cfg.crop, min_views=3, workers=os.cpu_count() or 1)
     results = run_extract(ecfg, plan_extract(ecfg))
@@ -169,7 +170,7 @@ def _extract(cfg: DemoConfig, raw: Path, ex: Path) -> str:
 
 
 def _shard(cfg: DemoConfig, ex: Path, sh: Path) -> str:
-    from .shard import ShardConfig, write_shards
+    from h36m.pipelines.shards.writer import ShardConfig, write_shards
 
     counts = []
     for split in ("train", "test"):
@@ -180,9 +181,9 @@ def _shard(cfg: DemoConfig, ex: Path, sh: Path) -> str:
 
 
 def _train(cfg: DemoConfig, sh: Path, run: Path, stage: str, init: Path | None, emit) -> str:
-    from .checkpoint import CHECKPOINT_NAME
-    from .train import resume, train
-    from .train_config import TrainConfig
+    from h36m.pipelines.train.checkpoint import CHECKPOINT_NAME
+    from h36m.pipelines.train.loop import resume, train
+    from h36m.pipelines.train.config import TrainConfig
 
     def on(e: TrainEvent) -> None:
         emit(DemoEvent(f"train-{stage}", "train", train=e))
@@ -198,9 +199,3 @@ def _train(cfg: DemoConfig, sh: Path, run: Path, stage: str, init: Path | None, 
                                    lift_noise=cfg.lift_noise,
                                    checkpoint_every=100), on_progress=on)
     return f"{result.steps} steps, last loss {result.last_loss:.4f}"
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)

@@ -11,7 +11,7 @@ H36M_FACTS = SHARED / "h36m"
 
 
 def _synth(out: Path, **kw) -> Path:
-    from pipelines.synth import SynthConfig, run_synth
+    from h36m.pipelines.synth.release import SynthConfig, run_synth
 
     run_synth(SynthConfig(out=out, **kw))
     return out

@@ -15,8 +15,8 @@ H36M = Path(sys.executable).with_name("h36m")
 @pytest.fixture(scope="session")
 def extracted_small(small_release, tmp_path_factory) -> Path:
     """`small_release` extracted with the default options (library call, 2 workers). Read-only."""
-    from pipelines.extract import run_extract
-    from pipelines.extract_plan import ExtractConfig
+    from h36m.pipelines.extract.extract import run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig
 
     out = tmp_path_factory.mktemp("extracted") / "out"
     run_extract(ExtractConfig(raw=small_release, out=out, workers=2))

@@ -17,7 +17,7 @@ _BUILT: dict[str, Path] = {}
 def run_cli(*args) -> "click.testing.Result":
     from click.testing import CliRunner
 
-    from cli import main
+    from h36m.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 

@@ -36,7 +36,7 @@ class TrainData:
 
 def cli(*args: str):
     """Run an `h36m` command in-process (click's runner); fail the test with its output if it exits non-zero."""
-    from cli import main
+    from h36m.cli import main
 
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     if result.exit_code != 0:
@@ -60,7 +60,7 @@ def train_data(tmp_path_factory) -> TrainData:
 
 
 def train_config(data: TrainData, out: Path, **kw):
-    from pipelines.train_config import TrainConfig
+    from h36m.pipelines.train.config import TrainConfig
 
     return TrainConfig(shards=data.train, out=str(out), **{**TRAIN_KW, **kw})
 
@@ -68,7 +68,7 @@ def train_config(data: TrainData, out: Path, **kw):
 @pytest.fixture(scope="session")
 def run2d(train_data, tmp_path_factory) -> Path:
     """A finished 2d run: 2 epochs of 4 steps (9 training clips, batch 2)."""
-    from pipelines.train import train
+    from h36m.pipelines.train.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "2d"
     train(train_config(train_data, out, stage="2d"))
@@ -78,7 +78,7 @@ def run2d(train_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def runlift(train_data, run2d) -> Path:
     """A finished lift run started from run2d (ground-truth 2-D + noise)."""
-    from pipelines.train import train
+    from h36m.pipelines.train.loop import train
 
     out = run2d.parent / "lift"
     train(train_config(train_data, out, stage="lift", init=str(run2d), epochs=3, lr=3e-3))

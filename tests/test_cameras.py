@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from h36m_tools import cameras
-from h36m_tools.cameras import CAMERA_IDS, bundled, parse_metadata_xml, project
+from h36m.h36m_tools import cameras
+from h36m.h36m_tools.cameras import CAMERA_IDS, bundled, parse_metadata_xml, project
 
 
 def _frames(realdata):

@@ -7,7 +7,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from h36m.cli import main
 
 SMALL = ["--subjects", "S1,S9", "--sequences-per-subject", "1", "--frames", "24", "--epochs-2d", "1",
          "--epochs-lift", "2"]
@@ -42,7 +42,7 @@ def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("H36M_FULL_DEMO"), reason="the full demo takes minutes: set H36M_FULL_DEMO=1")
 def test_full_demo_beats_the_mean_pose_baseline(tmp_path):
-    from pipelines.demo import DemoConfig, run_demo
+    from h36m.pipelines.demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out=tmp_path / "demo"))
     assert result.report.subjects == ["S9", "S11"]

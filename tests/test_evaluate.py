@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from fixtures_train import run2d, runlift, train_data  # noqa: F401  (fixtures)
-from h36m_tools import metrics as M
-from h36m_tools.names import ACTIONS
-from pipelines.checkpoint import load_checkpoint
-from pipelines.evaluate import METHODS, METRICS_3D, EvalConfig, evaluate, is_damaged
-from pipelines.report import to_csv, to_markdown, write_report
-from pipelines.shard import decode_sample, iter_tar_samples
-from pipelines.train import PoseStats
+from h36m.h36m_tools import metrics as M
+from h36m.h36m_tools.names import ACTIONS
+from h36m.pipelines.train.checkpoint import load_checkpoint
+from h36m.pipelines.evaluate.evaluate import METHODS, METRICS_3D, EvalConfig, evaluate, is_damaged
+from h36m.pipelines.evaluate.report import to_csv, to_markdown, write_report
+from h36m.pipelines.shards.sample import decode_sample, iter_tar_samples
+from h36m.pipelines.train.loop import PoseStats
 
 
 def shard_views(pattern: str):
@@ -102,7 +102,7 @@ def test_report_files_and_plots(report, tmp_path):
 
 
 def test_cli_prints_the_table_and_names_the_policies(runlift, train_data, tmp_path):
-    from cli import main
+    from h36m.cli import main
 
     res = CliRunner().invoke(main, ["evaluate", "--run", str(runlift), "--shards", train_data.test, "--out",
                                     str(tmp_path / "rep"), "--workers", "0", "--exclude-damaged"],

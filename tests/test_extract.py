@@ -39,7 +39,7 @@ def mmpose(realdata):
 
 
 def test_joints_box_reproduces_the_published_h36m_boxes(mmpose):
-    from pipelines.crop import joints_box
+    from h36m.pipelines.extract.crop import joints_box
 
     box = joints_box(mmpose["part"][:, :, :2], MARGIN)
     np.testing.assert_allclose(0.5 * (box[:, :2] + box[:, 2:]), mmpose["center"], atol=1e-4)
@@ -50,7 +50,7 @@ def test_joints_box_reproduces_the_published_h36m_boxes(mmpose):
 def test_real_crops_hold_all_joints_with_the_margin_and_match_the_frame(mmpose, realdata):
     import cv2
 
-    from pipelines.crop import crop_bgr, joints_box, to_crop, to_full
+    from h36m.pipelines.extract.crop import crop_bgr, joints_box, to_crop, to_full
 
     for i, name in enumerate(FRAMES):
         img = cv2.imread(str(realdata / "mmpose_h36m" / name))
@@ -72,7 +72,7 @@ def test_real_crops_hold_all_joints_with_the_margin_and_match_the_frame(mmpose, 
 def test_yuv_crop_equals_bgr_crop_and_is_black_outside(realdata, mmpose):
     import cv2
 
-    from pipelines.crop import crop_bgr, crop_yuv420, joints_box
+    from h36m.pipelines.extract.crop import crop_bgr, crop_yuv420, joints_box
 
     img = cv2.imread(str(realdata / "mmpose_h36m" / FRAMES[0]))
     h, w = img.shape[:2]
@@ -93,7 +93,7 @@ def test_jpeg_from_planes_equals_the_bgr_route(realdata, mmpose):
     at even and odd sizes, and is black outside the frame."""
     import cv2
 
-    from pipelines.crop import crop_bgr, crop_jpeg_yuv420, crop_yuv420, encode_jpeg, joints_box
+    from h36m.pipelines.extract.crop import crop_bgr, crop_jpeg_yuv420, crop_yuv420, encode_jpeg, joints_box
 
     img = cv2.imread(str(realdata / "mmpose_h36m" / FRAMES[1]))
     h, w = img.shape[:2]
@@ -119,7 +119,7 @@ def test_jpeg_from_planes_equals_the_bgr_route(realdata, mmpose):
 
 
 def test_decode_windows_hold_every_padded_box_and_follow_the_person():
-    from pipelines.crop import decode_windows
+    from h36m.pipelines.extract.crop import decode_windows
 
     rng = np.random.default_rng(1)
     centre = np.cumsum(rng.normal(0, 6, (500, 2)), axis=0) + [500, 500]      # a person wandering about
@@ -141,9 +141,9 @@ def test_decode_windows_hold_every_padded_box_and_follow_the_person():
 
 
 def test_decoding_a_moving_window_gives_the_frames_pixels(small_release):
-    from h36m_tools.video import probe
-    from pipelines.crop import decode_windows
-    from pipelines.decode import iter_yuv420
+    from h36m.h36m_tools.video import probe
+    from h36m.pipelines.extract.crop import decode_windows
+    from h36m.pipelines.extract.decode import iter_yuv420
 
     video = next((small_release / "S1" / "Videos").glob("*.54138969.mp4"))
     info = probe(video)
@@ -160,7 +160,7 @@ def test_decoding_a_moving_window_gives_the_frames_pixels(small_release):
 
 
 def test_mask_extent_is_the_pixel_extent_in_video_pixels():
-    from pipelines.crop import mask_extent, square_box
+    from h36m.pipelines.extract.crop import mask_extent, square_box
 
     m = np.zeros((100, 50), np.uint8)
     m[10:21, 5:8] = 1
@@ -173,8 +173,8 @@ def test_mask_extent_is_the_pixel_extent_in_video_pixels():
 # ----------------------------------------------------------------------------------------- a synthetic release
 
 def test_manifest_records_done_and_skipped_sequences(extracted_small, small_release):
-    from h36m_tools.cameras import bundled, load_camera_set
-    from pipelines.extracted import list_sequences
+    from h36m.h36m_tools.cameras import bundled, load_camera_set
+    from h36m.pipelines.extract.dataset import list_sequences
 
     m = json.loads((extracted_small / "manifest.json").read_text())
     assert m["format"] == 1 and m["source"] == str(small_release.resolve())
@@ -194,8 +194,8 @@ def test_manifest_records_done_and_skipped_sequences(extracted_small, small_rele
 
 
 def test_frames_are_synchronised_and_extra_video_frames_trimmed(extracted_small, small_release):
-    from h36m_tools.video import iter_frames
-    from pipelines.extracted import read_meta
+    from h36m.h36m_tools.video import iter_frames
+    from h36m.pipelines.extract.dataset import read_meta
 
     m = json.loads((extracted_small / "manifest.json").read_text())
     for key, entry in m["sequences"].items():
@@ -210,9 +210,9 @@ def test_frames_are_synchronised_and_extra_video_frames_trimmed(extracted_small,
 
 
 def test_3d_joints_are_the_cdfs(extracted_small, small_release):
-    from h36m_tools.cdf import read_pose
-    from h36m_tools.skeleton import to17
-    from pipelines.extracted import read_sequence
+    from h36m.h36m_tools.cdf import read_pose
+    from h36m.h36m_tools.skeleton import to17
+    from h36m.pipelines.extract.dataset import read_sequence
 
     for key in ("S1/Directions_1", "S5/Discussion_3"):
         meta, a = read_sequence(extracted_small / f"{key}.parquet", with_jpeg=False)
@@ -225,10 +225,10 @@ def test_3d_joints_are_the_cdfs(extracted_small, small_release):
 
 
 def test_2d_joints_boxes_and_crop_joints(extracted_small, small_release):
-    from h36m_tools.cameras import Camera
-    from h36m_tools.cdf import read_pose
-    from h36m_tools.skeleton import to17
-    from pipelines.extracted import read_sequence
+    from h36m.h36m_tools.cameras import Camera
+    from h36m.h36m_tools.cdf import read_pose
+    from h36m.h36m_tools.skeleton import to17
+    from h36m.pipelines.extract.dataset import read_sequence
 
     for key in ("S1/Directions_1", "S5/Discussion_3"):      # S5 has no D2_Positions: projected
         meta, a = read_sequence(extracted_small / f"{key}.parquet", with_jpeg=False)
@@ -253,9 +253,9 @@ def test_2d_joints_boxes_and_crop_joints(extracted_small, small_release):
 
 def test_each_crop_is_its_own_frame_not_the_next(extracted_small, small_release):
     """Warp the decoded video frame t with the stored box: it matches the stored crop t, and t-1/t+1 do not."""
-    from h36m_tools.video import iter_frames
-    from pipelines.crop import crop_bgr
-    from pipelines.extracted import read_sequence
+    from h36m.h36m_tools.video import iter_frames
+    from h36m.pipelines.extract.crop import crop_bgr
+    from h36m.pipelines.extract.dataset import read_sequence
 
     for key in ("S1/Directions_1", "S9/Eating_1"):
         meta, a = read_sequence(extracted_small / f"{key}.parquet")
@@ -271,8 +271,8 @@ def test_limb_colours_lie_at_the_stored_crop_joints(extracted_small):
     """The synthetic body's left limbs are blue, right ones orange: halfway along each limb, at the stored crop
     joints, the crop has the limb's colour (unless hidden behind the body); less so at frame t+1's joints mapped
     into crop t, far less with left and right swapped."""
-    from pipelines.crop import to_crop
-    from pipelines.extracted import read_sequence
+    from h36m.pipelines.extract.crop import to_crop
+    from h36m.pipelines.extract.dataset import read_sequence
 
     left, right = ((4, 5), (5, 6), (11, 12), (12, 13)), ((1, 2), (2, 3), (14, 15), (15, 16))
 
@@ -302,9 +302,9 @@ def test_limb_colours_lie_at_the_stored_crop_joints(extracted_small):
 
 
 def test_min_views_3_keeps_s11_directions_with_3_cameras(small_release, tmp_path):
-    from pipelines.extract import run_extract
-    from pipelines.extract_plan import ExtractConfig
-    from pipelines.extracted import read_sequence
+    from h36m.pipelines.extract.extract import run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig
+    from h36m.pipelines.extract.dataset import read_sequence
 
     (r,) = run_extract(ExtractConfig(raw=small_release, out=tmp_path, subjects=("S11",), min_views=3))
     assert r.status == "done" and r.cameras == ["55011271", "58860488", "60457274"]
@@ -316,11 +316,11 @@ def test_min_views_3_keeps_s11_directions_with_3_cameras(small_release, tmp_path
 
 
 def test_bbox_mask_uses_masks_and_falls_back_to_joints(small_release, tmp_path):
-    from h36m_tools.masks import iter_masks
-    from pipelines.crop import mask_extent
-    from pipelines.extract import run_extract
-    from pipelines.extract_plan import ExtractConfig
-    from pipelines.extracted import read_sequence
+    from h36m.h36m_tools.masks import iter_masks
+    from h36m.pipelines.extract.crop import mask_extent
+    from h36m.pipelines.extract.extract import run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig
+    from h36m.pipelines.extract.dataset import read_sequence
 
     results = run_extract(ExtractConfig(raw=small_release, out=tmp_path, subjects=("S1", "S5"), bbox="mask"))
     s1, s5 = results
@@ -343,8 +343,8 @@ def test_bbox_mask_uses_masks_and_falls_back_to_joints(small_release, tmp_path):
 
 
 def test_cameras_from_the_official_metadata_xml_agree_with_d2(small_release, tmp_path, realdata):
-    from pipelines.extract import run_extract
-    from pipelines.extract_plan import ExtractConfig
+    from h36m.pipelines.extract.extract import run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig
 
     xml = realdata.parent / "h36m" / "metadata.xml"
     (r,) = run_extract(ExtractConfig(raw=small_release, out=tmp_path, subjects=("S1",), cameras=xml))
@@ -356,7 +356,7 @@ def test_cameras_from_the_official_metadata_xml_agree_with_d2(small_release, tmp
 def test_killed_run_resumes_to_identical_output(small_release, extracted_small, tmp_path):
     """Kill a real `h36m extract` (SIGKILL, no cleanup) once its first sequence is recorded as done, start it again:
     it redoes only unfinished sequences and ends with the bytes of an uninterrupted run."""
-    from pipelines.extracted import read_sequence
+    from h36m.pipelines.extract.dataset import read_sequence
 
     out = tmp_path / "out"
 
@@ -440,7 +440,7 @@ def test_bad_cdf_shape_fails_that_sequence_only(small_release, tmp_path):
 
 
 def test_truncated_and_short_videos_are_skipped_with_their_file(small_release, tmp_path):
-    from h36m_tools.video import ffmpeg_binary
+    from h36m.h36m_tools.video import ffmpeg_binary
 
     raw = copy_release(small_release, tmp_path / "raw", {"S9", "S11"})
     # a download cut short, with its index at the front: it opens, and decodes a few frames only
@@ -475,7 +475,7 @@ def test_full_disk_fails_with_the_file_named(small_release, tmp_path):
 
 
 def test_projection_mismatch_fails_and_other_options_are_refused(small_release, tmp_path):
-    from h36m_tools.cameras import bundled, camera_set_to_json
+    from h36m.h36m_tools.cameras import bundled, camera_set_to_json
 
     cams = camera_set_to_json(bundled())
     cams["intrinsics"]["58860488"]["cx"] += 2.0                    # 0.5 px in the 250 px videos

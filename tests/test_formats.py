@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from h36m_tools import cdf, masks, names, skeleton, video
-from h36m_tools.errors import H36MError
+from h36m.h36m_tools import cdf, masks, names, skeleton, video
+from h36m.h36m_tools.errors import H36MError
 
 
 def test_skeleton_tables_are_consistent():

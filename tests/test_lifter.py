@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model import PRESETS, LifterConfig, PoseFormer
+from h36m.model import PRESETS, LifterConfig, PoseFormer
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from fixtures_shard import FRAMES, extracted, shards  # noqa: F401  (fixtures; realdata comes from conftest)
-from pipelines.loader import (LoaderConfig, ShardWarning, Unit, expand_urls, make_loader, plan_batches, plan_rank,
+from h36m.pipelines.loader.loader import (LoaderConfig, ShardWarning, Unit, expand_urls, make_loader, plan_batches, plan_rank,
                               sample_bytes, shard_counts, shuffle_size)
-from pipelines.shard import decode_sample, iter_tar_samples
+from h36m.pipelines.shards.sample import decode_sample, iter_tar_samples
 
 TRAIN = "train-{000000..000004}.tar"
 
@@ -41,7 +41,7 @@ def test_batch_contract_and_content(shards, extracted):
     import cv2
     import torch
 
-    from pipelines.extracted import read_sequence, sequence_path
+    from h36m.pipelines.extract.dataset import read_sequence, sequence_path
 
     loader = make_loader(LoaderConfig(_urls(shards, "test"), batch_size=4, workers=0, shuffle=0,
                                       shuffle_shards=False))
@@ -219,7 +219,7 @@ def test_missing_shard_is_skipped(shards, tmp_path):
 
 def _project_to_crop(clip_cams, pose3d, box, size):
     """World joints (F,17,3) through each view's camera into crop px (V,F,17,2), and camera coords (V,F,17,3)."""
-    from h36m_tools.cameras import Camera, world_to_camera
+    from h36m.h36m_tools.cameras import Camera, world_to_camera
 
     crops, cams = [], []
     for v, c in enumerate(clip_cams):
@@ -232,9 +232,9 @@ def _project_to_crop(clip_cams, pose3d, box, size):
 
 
 def test_flip_gives_a_valid_mirrored_clip(shards):
-    from h36m_tools.skeleton import LEFT17, RIGHT17, bone_lengths
-    from pipelines.augment import flip_clip
-    from pipelines.loader import decode_chw
+    from h36m.h36m_tools.skeleton import LEFT17, RIGHT17, bone_lengths
+    from h36m.pipelines.loader.augment import flip_clip
+    from h36m.pipelines.loader.loader import decode_chw
 
     clip = decode_chw(decode_sample(next(iter_tar_samples(shards / "train-000000.tar"))))
     f = flip_clip(clip)
@@ -261,7 +261,7 @@ def test_flip_gives_a_valid_mirrored_clip(shards):
 
 
 def _reference_images(folder: Path, split: str = "train") -> dict[str, np.ndarray]:
-    from pipelines.loader import decode_chw
+    from h36m.pipelines.loader.loader import decode_chw
 
     return {raw["__key__"]: decode_chw(decode_sample(raw)).images
             for p in sorted(folder.glob(f"{split}-*.tar")) for raw in iter_tar_samples(p)}
@@ -270,9 +270,9 @@ def _reference_images(folder: Path, split: str = "train") -> dict[str, np.ndarra
 def test_flipped_real_cameras_project_mirrored_real_joints(realdata):
     """On the real H36M frames: the mirrored world joints through the flipped real cameras (real extrinsics,
     intrinsics and distortion) land on the mirror image of the real 2-D annotations."""
-    from h36m_tools.cameras import Camera, bundled
-    from h36m_tools.skeleton import FLIP17
-    from pipelines.augment import MIRROR, flip_camera
+    from h36m.h36m_tools.cameras import Camera, bundled
+    from h36m.h36m_tools.skeleton import FLIP17
+    from h36m.pipelines.loader.augment import MIRROR, flip_camera
 
     coco = json.loads((realdata / "mmpose_h36m" / "h36m_coco.json").read_text())
     images = {im["id"]: im for im in coco["images"]}
@@ -372,7 +372,7 @@ def test_messages_of_several_batches_split_into_the_same_batches(shards, workers
     """A worker sends several batches per message (message_crops): the consumer still gets batches of batch_size,
     len(loader) of them in training (a quota that is no multiple of the message), every clip once with its own
     images in evaluation, the last batch of each worker perhaps short."""
-    from pipelines.loader import batches_per_message
+    from h36m.pipelines.loader.loader import batches_per_message
 
     assert batches_per_message(2, 4 * FRAMES, 1) == 1 and batches_per_message(2, 4 * FRAMES, 65) == 2
     assert batches_per_message(1, 4 * 128) == 1
@@ -404,7 +404,7 @@ def test_loader_workers_leave_inherited_objects_to_the_garbage_collector_of_the_
 
     import torch
 
-    from pipelines.loader import _worker_init
+    from h36m.pipelines.loader.loader import _worker_init
 
     class FreezeCount(torch.utils.data.IterableDataset):
         def __iter__(self):
@@ -422,7 +422,7 @@ def test_tar_reader_follows_long_names_and_matches_tarfile(tmp_path):
     import io
     import tarfile
 
-    from pipelines.tarstream import iter_tar_files
+    from h36m.pipelines.shards.tarstream import iter_tar_files
 
     names = ["S1/Directions_1/000000.meta.json", "S1/" + "x" * 120 + "/000000.v0_0000.jpg"]
     for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
@@ -447,7 +447,7 @@ def test_tar_numeric_fields_read_as_tarfile_reads_them():
     writers do (blanks, no NUL, nothing after a NUL) read as `tarfile.nti` reads them; a non-number is ValueError."""
     import tarfile
 
-    from pipelines.tarstream import _octal
+    from h36m.pipelines.shards.tarstream import _octal
 
     fields = [tarfile.itn(n, 8, tarfile.GNU_FORMAT) for n in (0, 7, 0o12345, 0o7777777)]
     fields += [b"0012345\0 ", b"00000001234\0", b" 1234 \0\0\0", b"   17   ", b"12\0garbage", b"\0" * 12, b" " * 8]
@@ -476,7 +476,7 @@ def test_tar_reader_reads_a_real_shard_in_any_chunks_as_tarfile_does(shards):
     anywhere ends in EOFError after the members before the cut."""
     import tarfile
 
-    from pipelines.tarstream import iter_tar_files
+    from h36m.pipelines.shards.tarstream import iter_tar_files
 
     path = shards / "train-000000.tar"
     data = path.read_bytes()
@@ -496,7 +496,7 @@ def test_tar_reader_maps_regular_files(shards, tmp_path):
     the file is closed; a file cut anywhere ends in EOFError after the members before the cut, as a stream does."""
     import tarfile
 
-    from pipelines.tarstream import iter_tar_files
+    from h36m.pipelines.shards.tarstream import iter_tar_files
 
     path = shards / "train-000000.tar"
     with tarfile.open(path) as tf:
@@ -521,7 +521,7 @@ def test_samples_group_as_webdataset_does(shards, tmp_path):
     import io
     import tarfile
 
-    from pipelines.tarstream import iter_samples, iter_tar_files
+    from h36m.pipelines.shards.tarstream import iter_samples, iter_tar_files
 
     buffer = bytearray(4096)
     for p in sorted(shards.glob("train-*.tar"))[:2]:
@@ -545,7 +545,7 @@ def test_split_key_groups_member_names_as_webdataset_does():
 
     from webdataset.tariterators import base_plus_ext
 
-    from pipelines.tarstream import split_key
+    from h36m.pipelines.shards.tarstream import split_key
 
     names = ["".join(t) for k in range(7) for t in itertools.product("a./", repeat=k)]
     names += ["S1/Directions_1/000128.v0_0001.jpg", "S1/Walk Dog 1/000000.meta.json", "a/.b.c", "x/y.tar.gz"]
@@ -592,7 +592,7 @@ def test_one_ahead_keeps_order_and_raises_the_workers_error():
     consumer at the item that failed."""
     import threading
 
-    from pipelines.loader import one_ahead
+    from h36m.pipelines.loader.loader import one_ahead
 
     main = threading.get_ident()
     seen = []

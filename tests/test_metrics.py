@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from h36m_tools import metrics as M
+from h36m.h36m_tools import metrics as M
 
 
 # ----- reference definitions, written independently of the library (VideoPose3D common/loss.py, numpy) --------

@@ -9,7 +9,7 @@ import torch
 from timm.models.swin_transformer import SwinTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
-from model import (MEAN_POSE_2D, PRESETS, ModelConfig, ModelOutput, PoseNetwork, SpatialEncoder, build_model,
+from h36m.model import (MEAN_POSE_2D, PRESETS, ModelConfig, ModelOutput, PoseNetwork, SpatialEncoder, build_model,
                    load_pretrained_spatial)
 
 TINY = PRESETS["tiny"]

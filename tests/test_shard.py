@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from fixtures_shard import FRAMES, SHARD_MB, extracted, run_cli, shards  # noqa: F401  (fixtures)
-from pipelines.extracted import list_sequences, read_sequence
-from pipelines.shard import (CAMERA_FIELDS, ShardConfig, clip_key, clip_starts, decode_images, iter_tar_samples, read_clip,
-                             write_shards)
+from h36m.pipelines.extract.dataset import list_sequences, read_sequence
+from h36m.pipelines.shards.sample import CAMERA_FIELDS, clip_key, decode_images, iter_tar_samples, read_clip
+from h36m.pipelines.shards.writer import ShardConfig, clip_starts, write_shards
 
 
 def _samples(folder: Path, split: str):
-    from pipelines.shard import decode_sample
+    from h36m.pipelines.shards.sample import decode_sample
 
     for p in sorted(folder.glob(f"{split}-*.tar")):
         for raw in iter_tar_samples(p):
@@ -94,7 +94,7 @@ def test_round_trip_equals_extracted(shards, extracted):
 def test_clip_annotations_are_consistent(shards):
     """Cameras, 3-D and 2-D agree inside a sample: world -> camera by R, t; camera -> crop px by the intrinsics,
     H36M's distortion and the box; decoded crops have the stored size."""
-    from h36m_tools.cameras import Camera, world_to_camera
+    from h36m.h36m_tools.cameras import Camera, world_to_camera
 
     for _, clip in list(_samples(shards, "test"))[:3]:
         decode_images(clip)
@@ -244,7 +244,7 @@ def test_verify_reports_every_problem(shards, tmp_path):
 def test_show_draws_the_skeleton_on_the_crops(shards, tmp_path):
     import cv2
 
-    from pipelines.show import COLORS, HEADER, LABEL, render_clip
+    from h36m.pipelines.shards.show import COLORS, HEADER, LABEL, render_clip
 
     out = tmp_path / "clip.png"
     shard = shards / "test-000000.tar"

@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from h36m_tools import cdf, masks, names, skeleton, video
-from h36m_tools.cameras import CAMERA_IDS, bundled, project, world_to_camera
-from h36m_tools.errors import H36MError
-from pipelines.synth import SynthConfig, _rng, choose_sequences, run_synth, video_size
-from pipelines.synth_render import background
+from h36m.h36m_tools import cdf, masks, names, skeleton, video
+from h36m.h36m_tools.cameras import CAMERA_IDS, bundled, project, world_to_camera
+from h36m.h36m_tools.errors import H36MError
+from h36m.pipelines.synth.release import SynthConfig, _rng, choose_sequences, run_synth, video_size
+from h36m.pipelines.synth.render import background
 
 SEQS = {"S1": "Directions 1", "S5": "Discussion 3", "S9": "Eating 1", "S11": "Directions"}
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from fixtures_train import cli, python, replace, run2d, runlift, train_config, train_data  # noqa: F401
-from h36m_tools.errors import H36MError
-from pipelines.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from pipelines.schedule import make_scheduler, warmup_cosine
-from pipelines.train import read_metrics, resume, train
-from pipelines.train_config import TrainConfig, build_config, resolve, to_dict, to_toml
+from h36m.h36m_tools.errors import H36MError
+from h36m.pipelines.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from h36m.pipelines.train.schedule import make_scheduler, warmup_cosine
+from h36m.pipelines.train.loop import read_metrics, resume, train
+from h36m.pipelines.train.config import TrainConfig, build_config, resolve, to_dict, to_toml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_checkpoint_atomic_weights_only_and_rng(tmp_path):
 # ----- real runs on the tiny shards -------------------------------------------------------------------------------
 
 def test_2d_run_folder_and_frozen_lifter(run2d):
-    from model import ModelConfig, build_model
+    from h36m.model import ModelConfig, build_model
 
     cfg = tomllib.loads((run2d / "config.toml").read_text())
     assert cfg["stage"] == "2d" and cfg["model"]["spatial"]["img_size"] == 64
@@ -188,7 +188,7 @@ def test_torchrun_two_processes_on_cpu(train_data, tmp_path):
 def test_bad_input_gives_one_line_errors(train_data, run2d, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from h36m.cli import main
 
     def run(*args):
         r = CliRunner().invoke(main, [str(a) for a in args])

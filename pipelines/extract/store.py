@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-from h36m_tools.errors import H36MError
-from h36m_tools.names import camera_order
+from h36m.pipelines.files import write_atomic
+from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.names import camera_order
 
 FORMAT = 1
 LOCK_NAME = ".extract.lock"
@@ -27,18 +27,8 @@ def dumps(obj) -> str:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a hidden tmp file in the same folder, then rename; raises H36MError naming `path` if it fails
-    (a full disk included) and leaves no tmp file behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as fh:
-            fh.write(dumps(obj))
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise H36MError(path, f"cannot write ({e.strerror or e})") from None
+    """Canonical JSON (`dumps`) written atomically; H36MError naming `path` if it cannot be written."""
+    write_atomic(path, dumps(obj))
 
 
 def record_path(out: Path, key: str) -> Path:

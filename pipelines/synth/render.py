@@ -8,9 +8,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from h36m_tools.cameras import Camera, Intrinsics, project, world_to_camera
-from h36m_tools.skeleton import PARENTS32
-from .synth_motion import HEAD_RADIUS_MM, LIMB_RADIUS_MM
+from h36m.h36m_tools.cameras import Camera, Intrinsics, project, world_to_camera
+from h36m.h36m_tools.skeleton import PARENTS32
+from h36m.pipelines.synth.motion import HEAD_RADIUS_MM, LIMB_RADIUS_MM
 
 LEFT_COLOR = np.array([200, 120, 40])     # BGR: blue-ish left side
 RIGHT_COLOR = np.array([40, 90, 210])     # BGR: orange-red right side

@@ -16,9 +16,10 @@ import math
 import os
 from pathlib import Path
 
-from h36m_tools.names import ACTIONS
+from h36m.pipelines.files import write_atomic
+from h36m.h36m_tools.names import ACTIONS
 
-from .evaluate import METHODS, METRICS_3D, EvalReport
+from h36m.pipelines.evaluate.evaluate import METHODS, METRICS_3D, EvalReport
 
 #: Column headers of the action columns (the published tables' short forms).
 SHORT = {"Directions": "Dir.", "Discussion": "Disc.", "Eating": "Eat", "Greeting": "Greet", "Phoning": "Phone",
@@ -136,7 +137,7 @@ def write_report(r: EvalReport, out: str | os.PathLike, plots: bool = True) -> E
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if plots:
-        from .plots import plot_clip, plot_pck, plot_per_action
+        from h36m.pipelines.evaluate.plots import plot_clip, plot_pck, plot_per_action
 
         pdir = out / "plots"
         r.plots = [str(plot_per_action(r, pdir / "per_action.png")), str(plot_pck(r, pdir / "pck.png"))]
@@ -144,14 +145,8 @@ def write_report(r: EvalReport, out: str | os.PathLike, plots: bool = True) -> E
             r.plots.append(str(plot_clip(c, pdir / f"clip_{c.key.replace('/', '_')}.png")))
     r.files = [str(out / n) for n in ("results.json", "results.csv", "results.md")]
     for name, text in (("results.csv", to_csv(r)), ("results.md", to_markdown(r)), ("results.json", to_json(r))):
-        _atomic_write(out / name, text)
+        write_atomic(out / name, text)
     return r
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _num(v: float) -> str:

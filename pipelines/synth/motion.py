@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from h36m_tools.skeleton import PARENTS32
+from h36m.h36m_tools.skeleton import PARENTS32
 
 # Rest offsets of each joint from its parent (body frame, mm, for a 1.0-scale subject).
 _REST = np.array([

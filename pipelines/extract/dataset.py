@@ -11,11 +11,12 @@ Row t is pose row / video frame `frame[t]` of every camera (extra video frames a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from h36m.pipelines.files import atomic_path
 
 FORMAT = 1
 META_KEY = b"h36m"
@@ -97,17 +98,11 @@ def write_sequence(path: str | Path, meta: SequenceMeta, arrays: SequenceArrays,
             pa.array(list(arrays.jpeg[rows]), type=pa.list_(pa.binary(), V)),
         ], schema=sch)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:      # a full disk, an interrupt: no tmp file left behind
         with pq.ParquetWriter(tmp, sch, compression="zstd", use_dictionary=["frame"],
                               write_statistics=["frame"]) as writer:
             for a in range(0, max(T, 1), row_group_size):
                 writer.write_table(table(slice(a, min(a + row_group_size, T))), row_group_size=row_group_size)
-        os.replace(tmp, path)
-    except BaseException:          # a full disk, an interrupt: leave no tmp file behind
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_meta(path: str | Path) -> SequenceMeta:

@@ -1,29 +1,14 @@
-"""`h36m shard`: WebDataset tar shards of synchronised multi-view clips, and the shard format itself.
+"""`h36m shard`: an extracted dataset -> WebDataset tar shards of synchronised multi-view clips (`shards.sample`).
 
-One sample = one clip of F consecutive frames of one sequence seen by its V cameras (see docs/shards.md):
-
-    {key}.box.npy          float32 (V, F, 4)      crop box x0, y0, x1, y1, full-frame px
-    {key}.cameras.json     per view: id, fx, fy, cx, cy, k1, k2, k3, p1, p2, width, height, R, t (mm)
-    {key}.meta.json        format, subject, sequence, action, cameras, frames, real_frames, fps, crop_size
-    {key}.pose2d.npy       float32 (V, F, 17, 2)  crop px
-    {key}.pose3d.npy       float32 (F, 17, 3)     world mm
-    {key}.pose3d_cam.npy   float32 (V, F, 17, 3)  camera mm
-    {key}.v{view}_{t:04d}.jpg                     crop of `view` at clip frame t: the extracted JPEG bytes
-
-with key `{subject}/{sequence with '_' for ' '}/{first source frame:06d}` (no dots: WebDataset splits a member
-name into key and extension at the first dot after the last '/'). Shards are `{split}-{n:06d}.tar` plus
-`{split}-index.json`. Writing is deterministic (fixed tar headers, sorted members, seeded clip shuffle), atomic
-(`.tmp` + rename, index last) and resumable (a hidden journal lists the shards already written).
+Writing is deterministic (fixed tar headers, sorted members, seeded clip shuffle), atomic (a temporary file + rename, index
+last) and resumable (a hidden journal lists the shards already written).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
-import math
 import os
-import re
 import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,197 +17,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from h36m_tools.errors import H36MError
-from h36m_tools.names import TEST_SUBJECTS, TRAIN_SUBJECTS
-
-FORMAT = 1
-SPLITS = {"train": TRAIN_SUBJECTS, "test": TEST_SUBJECTS}
-TAILS = ("drop", "pad")
-MAX_VIEWS = 4
-#: Members of a sample other than the JPEGs, with their dtype and shape (in terms of V views and F frames).
-ARRAYS = {"pose3d": ("F", 17, 3), "pose3d_cam": ("V", "F", 17, 3), "pose2d": ("V", "F", 17, 2), "box": ("V", "F", 4)}
-META_FIELDS = ("format", "subject", "sequence", "action", "cameras", "frames", "real_frames", "fps", "crop_size")
-CAMERA_FIELDS = ("id", "fx", "fy", "cx", "cy", "k1", "k2", "k3", "p1", "p2", "width", "height", "R", "t")
-SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<n>\d{6})\.tar$")
-_JPEG_RE = re.compile(r"^v(\d+)_(\d{4})\.jpg$")
-
-
-# ----------------------------------------------------------------------------------------- the sample format
-
-@dataclass
-class Clip:
-    """One sample: F frames of V views. Arrays as in the shard; `images` only after decoding the JPEGs."""
-    key: str
-    meta: dict
-    cameras: list[dict]        # V dicts: CAMERA_FIELDS
-    pose3d: np.ndarray         # (F, 17, 3) world mm
-    pose3d_cam: np.ndarray     # (V, F, 17, 3) camera mm
-    pose2d: np.ndarray         # (V, F, 17, 2) crop px
-    box: np.ndarray            # (V, F, 4) x0, y0, x1, y1 full-frame px
-    jpeg: list[list[bytes]]    # V lists of F JPEG byte strings (bytes-like: memoryviews of a mapped shard)
-    images: np.ndarray | None = None   # decoded crops, uint8 RGB: (V, F, H, W, 3) here, (V, F, 3, H, W) in the loader
-    source: str = ""                   # the shard (URL) it was read from
-
-    @property
-    def views(self) -> int:
-        return len(self.cameras)
-
-    @property
-    def frames(self) -> int:
-        return int(self.pose3d.shape[0])
-
-
-def clip_key(subject: str, sequence: str, start: int) -> str:
-    """`('S1', 'Directions 1', 128)` -> `'S1/Directions_1/000128'`."""
-    return f"{subject}/{sequence.replace(' ', '_')}/{int(start):06d}"
-
-
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(a, np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _json(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def encode_clip(clip: Clip) -> list[tuple[str, bytes]]:
-    """The tar members of a clip, `(extension, bytes)` sorted by extension (the order they are written in)."""
-    members = {"meta.json": _json(clip.meta), "cameras.json": _json(clip.cameras)}
-    for name in ARRAYS:
-        members[f"{name}.npy"] = _npy(getattr(clip, name))
-    for v, frames in enumerate(clip.jpeg):
-        for t, data in enumerate(frames):
-            members[f"v{v}_{t:04d}.jpg"] = bytes(data)
-    return sorted(members.items())
-
-
-#: The header `np.save` writes for a C-order little-endian float32 array (format 1.0): read without numpy's
-#: literal_eval of it, which costs more than the rest of a sample's arrays.
-_NPY_F4 = re.compile(rb"\x93NUMPY\x01\x00..\{'descr': '<f4', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \} *\n",
-                     re.DOTALL)
-
-
-def _load_npy(data: bytes, name: str) -> np.ndarray:
-    m = _NPY_F4.match(data)
-    if m and m.end() == 10 + int.from_bytes(data[8:10], "little"):
-        shape = tuple(int(d) for d in m.group(1).split(b",") if d.strip())
-        if len(data) - m.end() == 4 * math.prod(shape):
-            return np.frombuffer(data, np.float32, offset=m.end()).reshape(shape).copy()
-    try:                                     # anything else (and every damaged file): numpy's own reader
-        a = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:  # numpy raises ValueError / EOFError / UnicodeError on damaged headers
-        raise ValueError(f"{name}.npy: not a readable .npy ({type(e).__name__}: {e})") from None
-    if a.dtype != np.float32:
-        raise ValueError(f"{name}.npy: dtype {a.dtype}, expected float32")
-    return a
-
-
-def decode_sample(sample: dict) -> Clip:
-    """A raw WebDataset sample (`__key__` and extension -> bytes) -> Clip with JPEG bytes (not decoded).
-
-    Checks the schema and every shape; raises ValueError naming the member and the problem.
-    """
-    key = sample.get("__key__", "?")
-    for ext in ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS):
-        if ext not in sample:
-            raise ValueError(f"missing member {ext}")
-    try:
-        meta = json.loads(bytes(sample["meta.json"]))
-        cameras = json.loads(bytes(sample["cameras.json"]))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"unreadable JSON ({e})") from None
-    if not isinstance(meta, dict) or [f for f in META_FIELDS if f not in meta]:
-        raise ValueError(f"meta.json lacks {[f for f in META_FIELDS if f not in meta] if isinstance(meta, dict) else META_FIELDS}")
-    if meta["format"] != FORMAT:
-        raise ValueError(f"meta.json format {meta['format']}, this reader knows {FORMAT}")
-    V, F = len(meta["cameras"]), len(meta["frames"])
-    if V < 1 or F < 1:
-        raise ValueError(f"meta.json has {V} cameras and {F} frames")
-    if not isinstance(cameras, list) or len(cameras) != V or any(
-            not isinstance(c, dict) or any(f not in c for f in CAMERA_FIELDS) for c in cameras):
-        raise ValueError(f"cameras.json must list {V} cameras with {', '.join(CAMERA_FIELDS)}")
-    arrays = {}
-    for name, shape in ARRAYS.items():
-        a = _load_npy(sample[f"{name}.npy"], name)
-        want = tuple({"V": V, "F": F}.get(s, s) for s in shape)
-        if a.shape != want:
-            raise ValueError(f"{name}.npy has shape {a.shape}, expected {want}")
-        arrays[name] = a
-    names = jpeg_names(V, F)
-    jpeg = [[sample.get(n) for n in row] for row in names]
-    if sum(1 for ext in sample if ext.endswith(".jpg")) != V * F:       # more: look for views or frames too many
-        for ext in sample:
-            m = _JPEG_RE.match(ext)
-            if m and (int(m.group(1)) >= V or int(m.group(2)) >= F):
-                raise ValueError(f"unexpected member {ext} (clip has {V} views, {F} frames)")
-    missing = [n for row, got in zip(names, jpeg) for n, data in zip(row, got) if data is None]
-    if missing:
-        raise ValueError(f"missing {len(missing)} JPEG members (first {missing[0]})")
-    return Clip(key=key, meta=meta, cameras=cameras, jpeg=jpeg, source=str(sample.get("__url__", "")), **arrays)
-
-
-@functools.lru_cache(maxsize=16)
-def jpeg_names(views: int, frames: int) -> tuple[tuple[str, ...], ...]:
-    """The JPEG member extensions of a clip, `names[v][t] == f"v{v}_{t:04d}.jpg"`."""
-    return tuple(tuple(f"v{v}_{t:04d}.jpg" for t in range(frames)) for v in range(views))
-
-
-def decode_jpeg(data: bytes, name: str, size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """One crop's JPEG bytes -> (size, size, 3) uint8 RGB, decoded straight into `out` (a C-contiguous (size, size, 3)
-    uint8 array) when given; ValueError naming the member `name` if the bytes do not decode, or decode to another
-    size. libjpeg-turbo through simplejpeg: the same pixels as cv2.imdecode, about 20 % faster, and no temporary."""
-    import simplejpeg
-
-    try:
-        img = simplejpeg.decode_jpeg(data, "RGB", buffer=out)
-    except ValueError as e:
-        try:
-            h, w = simplejpeg.decode_jpeg_header(data)[:2]
-        except ValueError:
-            h = w = size
-        if (h, w) != (size, size):
-            raise ValueError(f"{name}: {w}x{h}, expected {size}x{size}") from None
-        raise ValueError(f"{name}: not a decodable JPEG ({e})") from None
-    if img.shape != (size, size, 3):
-        raise ValueError(f"{name}: {img.shape[1]}x{img.shape[0]}, expected {size}x{size}")
-    return img
-
-
-def decode_into(out: np.ndarray, clip: Clip) -> None:
-    """Decode a clip's JPEGs into `out` (>= V views, F, S, S, 3) uint8 RGB (C-contiguous), mirrored if
-    `clip.meta['flipped']`; views past the clip's are zeroed. Raises ValueError on a JPEG that does not decode to
-    S x S. (The loader's inner loop: a decoder call per crop and little else; decode_jpeg words the errors.)"""
-    import cv2
-    import simplejpeg
-
-    size = out.shape[-2]
-    want = (size, size, 3)
-    flip = bool(clip.meta.get("flipped"))
-    decode = simplejpeg.decode_jpeg
-    for v, frames in enumerate(clip.jpeg):
-        for t, (data, dst) in enumerate(zip(frames, out[v])):
-            try:
-                img = decode(data, "RGB", buffer=dst)
-            except ValueError:
-                img = None
-            if img is None or img.shape != want:
-                img = decode_jpeg(data, f"v{v}_{t:04d}.jpg", size, dst)     # raises, naming the member
-            if flip:
-                cv2.flip(img, 1, img)
-    out[clip.views:] = 0
-
-
-def decode_images(clip: Clip) -> Clip:
-    """Decode the clip's JPEGs into `clip.images` (V, F, H, W, 3) uint8 RGB (mirrored if the clip was flipped);
-    raises ValueError on a bad JPEG."""
-    size = int(clip.meta["crop_size"])
-    out = np.empty((clip.views, clip.frames, size, size, 3), np.uint8)
-    decode_into(out, clip)
-    clip.images = out
-    return clip
-
+from h36m.pipelines.files import sha256_file, temporary_name, write_atomic
+from h36m.h36m_tools.errors import H36MError
+from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, SHARD_RE, SPLITS, TAILS, Clip, _json, clip_key,
+                                          encode_clip)
 
 # ----------------------------------------------------------------------------------------- tar writing
 
@@ -240,10 +38,11 @@ def _member_bytes(size: int) -> int:
 
 
 class _ShardWriter:
-    """Writes one tar shard at `path` via `path.tmp`; `close()` renames it and returns its index entry."""
+    """Writes one tar shard at `path` via its hidden temporary file (`files.temporary_name`); `close()` renames it
+    and returns its index entry."""
 
     def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
+        self.path, self.tmp = path, temporary_name(path)
         self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
         self.samples, self.bytes = 0, 0
 
@@ -258,14 +57,6 @@ class _ShardWriter:
         os.replace(self.tmp, self.path)
         return {"name": self.path.name, "samples": self.samples, "bytes": self.path.stat().st_size,
                 "sha256": sha256_file(self.path)}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- planning clips
@@ -339,7 +130,7 @@ def _check_sequence(path: Path):
     """The SequenceMeta of a sequence file whose footer, schema and row count are sound; H36MError otherwise."""
     import pyarrow.parquet as pq
 
-    from .extracted import read_meta
+    from h36m.pipelines.extract.dataset import read_meta
 
     if not path.is_file():
         raise H36MError(path, "listed in manifest.json but missing")
@@ -358,7 +149,7 @@ def _check_sequence(path: Path):
 def plan_clips(cfg: ShardConfig) -> ShardPlan:
     """Every clip of the chosen subjects in shard order (seeded shuffle). Sequence files that cannot be read are left
     out and listed; no readable sequence at all is an H36MError."""
-    from .extracted import list_sequences
+    from h36m.pipelines.extract.dataset import list_sequences
 
     try:
         paths = list_sequences(cfg.extracted, set(cfg.chosen_subjects))
@@ -400,7 +191,7 @@ class _RowReader:
             return self.files[path]
         import pyarrow.parquet as pq
 
-        from .extracted import read_meta
+        from h36m.pipelines.extract.dataset import read_meta
 
         meta = read_meta(path)
         pf = pq.ParquetFile(path)
@@ -412,7 +203,7 @@ class _RowReader:
 
     def read(self, path: str, start: int, stop: int):
         """(SequenceMeta, SequenceArrays) of rows [start, stop) of a sequence file."""
-        from .extracted import SequenceArrays
+        from h36m.pipelines.extract.dataset import SequenceArrays
 
         try:
             meta, pf, ends = self._open(path)
@@ -552,14 +343,12 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
     limit = cfg.shard_mb * 1e6
 
     def save_journal():
-        tmp = journal.with_name(journal.name + ".tmp")
-        tmp.write_text(json.dumps({"fingerprint": fp, "shards": done}))
-        os.replace(tmp, journal)
+        write_atomic(journal, json.dumps({"fingerprint": fp, "shards": done}))
 
     try:
         _write_clips(cfg, refs, pos, done, save_journal, on_progress, out, limit)
     except BaseException:              # killed, a full disk, a bad sequence file: no half shard left behind
-        for tmp in out.glob(f"{cfg.split}-*.tar.tmp"):
+        for tmp in out.glob(f".{cfg.split}-*.tar.*.tmp"):
             tmp.unlink(missing_ok=True)
         raise
     shards = [{k: e[k] for k in ("name", "samples", "bytes", "sha256")} for e in done]
@@ -568,9 +357,7 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
                                                                   key=lambda s: int(s[1:])),
              "sequences": len(sequences), "samples": sum(e["samples"] for e in shards), "shards": shards}
     ipath = index_path(out, cfg.split)
-    tmp = ipath.with_name(ipath.name + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, ipath)
+    write_atomic(ipath, json.dumps(index, indent=1) + "\n")
     journal.unlink(missing_ok=True)
     names = {e["name"] for e in shards}
     removed = []
@@ -580,32 +367,3 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
             p.unlink()      # a stale shard of an earlier run with other options
             removed.append(p.name)
     return ShardResult(cfg.split, ipath, shards, index["samples"], len(sequences), resumed, removed, plan.skipped)
-
-
-# ----------------------------------------------------------------------------------------- reading shards
-
-def index_for(shard: str | Path) -> Path | None:
-    """The index file beside a local shard `{split}-NNNNNN.tar`, or None if the name does not follow the scheme."""
-    shard = Path(shard)
-    m = SHARD_RE.match(shard.name)
-    return shard.with_name(f"{m.group('split')}-index.json") if m else None
-
-
-def iter_tar_samples(path: str | Path) -> Iterator[dict]:
-    """Raw samples of a local shard, grouped as WebDataset groups them; a damaged tar raises its error at the point
-    of damage (after the samples before it)."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    with open(path, "rb") as fh:
-        yield from group_by_keys(tar_file_expander([{"url": str(path), "stream": fh}]))
-
-
-def read_clip(path: str | Path, key: str | None = None) -> Clip:
-    """The sample `key` (default: the first) of a local shard, with its images decoded."""
-    try:
-        for raw in iter_tar_samples(path):
-            if key is None or raw["__key__"] == key:
-                return decode_images(decode_sample(raw))
-    except (tarfile.TarError, OSError, ValueError) as e:
-        raise H36MError(path, f"unreadable shard ({e})") from None
-    raise H36MError(path, f"no sample with key {key!r}" if key else "holds no samples")

@@ -20,15 +20,15 @@ from typing import Callable
 
 import numpy as np
 
-from h36m_tools.cameras import Camera, CameraSet, world_to_camera
-from h36m_tools.errors import H36MError
-from h36m_tools.names import SequenceFiles, camera_order
-from h36m_tools.skeleton import to17
+from h36m.h36m_tools.cameras import Camera, CameraSet, world_to_camera
+from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.names import SequenceFiles, camera_order
+from h36m.h36m_tools.skeleton import to17
 
-from . import extract_store as store
-from .extract_plan import ExtractConfig, Plan, PlannedSequence, load_cameras, make_plan
-from .extracted import SequenceArrays, SequenceMeta, sequence_path, write_sequence
-from .spool import Spool
+from h36m.pipelines.extract import store
+from h36m.pipelines.extract.plan import ExtractConfig, Plan, PlannedSequence, load_cameras, make_plan
+from h36m.pipelines.extract.dataset import SequenceArrays, SequenceMeta, sequence_path, write_sequence
+from h36m.pipelines.extract.spool import Spool
 
 
 BUNDLED_CAMERAS = "h36m_tools/data/cameras.json"
@@ -77,7 +77,7 @@ def _check_close(path: Path, ours: np.ndarray, theirs: np.ndarray, tol: float, w
 
 def _read_checked(path: Path, dims: int, ours: np.ndarray, tol: float, what: str, unit: str) -> np.ndarray:
     """The 17 joints of a per-camera CDF, checked finite and within `tol` of what we computed from D3_Positions."""
-    from h36m_tools.cdf import read_pose
+    from h36m.h36m_tools.cdf import read_pose
 
     theirs = to17(read_pose(path, dims))
     if not np.isfinite(theirs).all():
@@ -108,9 +108,9 @@ def _pose_views(files: SequenceFiles, world17: np.ndarray, cameras: dict[str, Ca
 
 def _mask_boxes(path: Path, n: int, width: int, height: int, margin: float) -> tuple[np.ndarray, int]:
     """(n, 4) boxes from a ground_truth_bb file (NaN where a frame has no mask or an empty one), and how many."""
-    from h36m_tools.masks import iter_masks
+    from h36m.h36m_tools.masks import iter_masks
 
-    from .crop import mask_extent, square_box
+    from h36m.pipelines.extract.crop import mask_extent, square_box
 
     boxes = np.full((n, 4), np.nan)
     count = 0
@@ -127,10 +127,10 @@ def _mask_boxes(path: Path, n: int, width: int, height: int, margin: float) -> t
 def _crop_video(video: Path, camera: Camera, boxes: np.ndarray, cfg: ExtractConfig, put: Callable[[bytes], None]
                 ) -> int:
     """Decode one video front to back, `put` the JPEG crops of its first len(boxes) frames; returns its frames."""
-    from h36m_tools.video import VideoInfo
+    from h36m.h36m_tools.video import VideoInfo
 
-    from .crop import crop_jpeg_yuv420, decode_windows
-    from .decode import iter_yuv420
+    from h36m.pipelines.extract.crop import crop_jpeg_yuv420, decode_windows
+    from h36m.pipelines.extract.decode import iter_yuv420
 
     info = VideoInfo(camera.intrinsics.width, camera.intrinsics.height, 50.0)
     window = decode_windows(boxes, info.width, info.height)          # only the part the boxes need
@@ -167,7 +167,7 @@ class _Views:
 
 def _open_views(files: SequenceFiles, cs: CameraSet, cfg: ExtractConfig, source: str) -> _Views:
     """Probe each camera's video (H36M's view order); cameras at the video's size."""
-    from h36m_tools.video import probe
+    from h36m.h36m_tools.video import probe
 
     views = _Views({}, {}, cfg.min_views)
     for cid in camera_order(cs.intrinsics):
@@ -189,7 +189,7 @@ def _boxes(files: SequenceFiles, views: _Views, j2d: dict, n: int, cfg: ExtractC
            ) -> tuple[dict[str, np.ndarray], str, list[str]]:
     """Per camera (n, 4) boxes: from the masks with --bbox mask (joints where a file or a frame has none), else from
     the 17 joints; also the method actually used and notes on fallbacks."""
-    from .crop import joints_box
+    from h36m.pipelines.extract.crop import joints_box
 
     boxes, notes, used_mask = {}, [], False
     for cid, cam in views.cameras.items():
@@ -231,9 +231,9 @@ def _decode_views(files: SequenceFiles, views: _Views, boxes: dict, n: int, cfg:
 
 
 def _extract(files: SequenceFiles, cfg: ExtractConfig, cs: CameraSet, source: str) -> tuple[SequenceResult, dict]:
-    from h36m_tools.cdf import read_pose
+    from h36m.h36m_tools.cdf import read_pose
 
-    from .crop import to_crop
+    from h36m.pipelines.extract.crop import to_crop
 
     if files.d3 is None:
         raise Skip(Path(files.root) / files.subject / "MyPoseFeatures" / "D3_Positions" / f"{files.name}.cdf",

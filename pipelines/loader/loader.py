@@ -41,9 +41,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 
-from .augment import random_flip
-from .shard import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_into, decode_sample
-from .tarstream import iter_samples, iter_tar_files
+from h36m.pipelines.loader.augment import random_flip
+from h36m.pipelines.shards.sample import ARRAYS, MAX_VIEWS, SHARD_RE, Clip, decode_into, decode_sample
+from h36m.pipelines.shards.tarstream import iter_samples, iter_tar_files
 
 REQUIRED = ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS)
 #: Image buffers a worker recycles beyond its prefetched messages: the message in use + one being filled.

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from h36m_tools.errors import H36MError
+from h36m.pipelines.files import atomic_path
+from h36m.h36m_tools.errors import H36MError
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -30,17 +31,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
     return path
 
 
@@ -99,7 +91,7 @@ def load_network(path: str | os.PathLike, device="cpu"):
     The network is rebuilt from the checkpoint's ModelConfig with `lift` off (callers run `net.lift` themselves)."""
     from dataclasses import replace
 
-    from model import ModelConfig, build_model
+    from h36m.model import ModelConfig, build_model
 
     state = load_checkpoint(path)
     try:

@@ -5,9 +5,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from h36m_tools.cameras import CAMERA_IDS, CameraSet
-from h36m_tools.errors import H36MError
-from h36m_tools.names import SequenceFiles, discover
+from h36m.h36m_tools.cameras import CAMERA_IDS, CameraSet
+from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.names import SequenceFiles, discover
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def parse_part(text: str) -> tuple[int, int]:
 
 def load_cameras(cfg: ExtractConfig) -> CameraSet:
     """The camera set to project with: `cfg.cameras` (metadata.xml or cameras.json) or the bundled one."""
-    from h36m_tools.cameras import bundled, load_camera_set
+    from h36m.h36m_tools.cameras import bundled, load_camera_set
 
     if cfg.cameras is None:
         return bundled()

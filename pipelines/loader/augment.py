@@ -18,9 +18,9 @@ import copy
 
 import numpy as np
 
-from h36m_tools.skeleton import FLIP17
+from h36m.h36m_tools.skeleton import FLIP17
 
-from .shard import Clip
+from h36m.pipelines.shards.sample import Clip
 
 MIRROR = np.diag([-1.0, 1.0, 1.0])
 

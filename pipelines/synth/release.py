@@ -22,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from h36m_tools import cdf, masks, video
-from h36m_tools.cameras import CAMERA_IDS, bundled, project, world_to_camera
-from h36m_tools.names import canonical_action, sequence_table
+from h36m.h36m_tools import cdf, masks, video
+from h36m.h36m_tools.cameras import CAMERA_IDS, bundled, project, world_to_camera
+from h36m.h36m_tools.names import canonical_action, sequence_table
 
 EXTRA_FRAME_CAMERAS = ("55011271", "58860488")
 TRUNCATED = ("S11", "Directions", "54138969")
@@ -91,8 +91,8 @@ def _rng(cfg: SynthConfig, *parts: str) -> np.random.Generator:
 
 def generate_sequence(cfg: SynthConfig, job: SynthJob) -> dict:
     """Write every file of one sequence; returns a summary (frames per camera, files written)."""
-    from .synth_motion import animate, subject_offsets
-    from .synth_render import background, bb_mask, render_frame
+    from h36m.pipelines.synth.motion import animate, subject_offsets
+    from h36m.pipelines.synth.render import background, bb_mask, render_frame
 
     root = Path(cfg.out) / job.subject
     feats = root / "MyPoseFeatures"

@@ -1,6 +1,6 @@
 """`h36m train`: one training run of one stage (2d, lift or joint) on WebDataset shards, single process or DDP.
 
-    from pipelines.train import train, resume
+    from h36m.pipelines.train.loop import train, resume
     result = train(TrainConfig(shards="SH/train-{000000..000003}.tar", out="runs/2d", stage="2d"))
     result = resume("runs/2d")                         # continues at the same step and learning rate
 
@@ -35,10 +35,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from h36m_tools.errors import H36MError
+from h36m.pipelines.files import write_atomic
+from h36m.h36m_tools.errors import H36MError
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .train_config import RUN_CONTROL, TrainConfig, from_dict, model_config, resolve, to_dict, to_toml
+from h36m.pipelines.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from h36m.pipelines.train.config import RUN_CONTROL, TrainConfig, from_dict, model_config, resolve, to_dict, to_toml
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -244,7 +245,7 @@ class _Trainer:
                 torch.distributed.destroy_process_group()
 
     def _run(self, torch) -> TrainResult:
-        from model import ModelConfig, build_model
+        from h36m.model import ModelConfig, build_model
 
         cfg, dev = self.cfg, self.device
         torch.manual_seed(cfg.seed + self.rank)
@@ -272,7 +273,7 @@ class _Trainer:
                                            f"grad_accum={cfg.grad_accum} (need more data or a smaller batch)")
         total = cfg.epochs * steps_per_epoch
         warm = int(round(cfg.warmup_epochs * steps_per_epoch))
-        from .schedule import make_scheduler
+        from h36m.pipelines.train.schedule import make_scheduler
 
         sched = make_scheduler(opt, total, warm, cfg.min_lr_ratio)
         step, stats = 0, PoseStats()
@@ -291,8 +292,8 @@ class _Trainer:
                 torch.manual_seed(cfg.seed * 1000003 + self.rank * 7919 + step)
         elif self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_text(self.run_dir / "config.toml", to_toml(to_dict(cfg), mcfg.to_dict()))
-            _write_text(self.run_dir / "config.json",
+            write_atomic(self.run_dir / "config.toml", to_toml(to_dict(cfg), mcfg.to_dict()))
+            write_atomic(self.run_dir / "config.json",
                         json.dumps({"train": to_dict(cfg), "model": mcfg.to_dict()}, indent=2) + "\n")
 
         module = stage
@@ -342,7 +343,7 @@ class _Trainer:
                            self.run_dir / CHECKPOINT_NAME)
 
     def _loader(self, epoch: int, pin: bool):
-        from .loader import LoaderConfig, make_loader
+        from h36m.pipelines.loader.loader import LoaderConfig, make_loader
 
         cfg = self.cfg
         return make_loader(LoaderConfig(urls=cfg.urls(), batch_size=cfg.batch_size, workers=cfg.workers,
@@ -572,13 +573,7 @@ def _truncate_jsonl(path: Path, step: int) -> None:
                 keep.append(line)
         except ValueError:
             continue
-    _write_text(path, "".join(x + "\n" for x in keep))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(x + "\n" for x in keep))
 
 
 def read_metrics(run: str | os.PathLike) -> list[dict]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from h36m_tools.errors import H36MError
+from h36m.h36m_tools.errors import H36MError
 
 STAGES = ("2d", "lift", "joint")
 LIFT_INPUTS = ("gt", "pred")
@@ -150,7 +150,7 @@ def model_config(cfg: TrainConfig, base=None):
     """The ModelConfig of a run: `base` (e.g. from an init checkpoint) or the preset, with cfg.model overrides,
     gradient checkpointing from cfg, and `lift` on only for the joint stage (2d and lift stages call the lifter
     directly)."""
-    from model import PRESETS, ModelConfig
+    from h36m.model import PRESETS, ModelConfig
 
     if base is None:
         if cfg.preset not in PRESETS:

@@ -12,10 +12,10 @@ from typing import Iterator
 
 import numpy as np
 
-from h36m_tools.errors import H36MError
-from h36m_tools.video import VideoInfo, ffmpeg_binary, probe
+from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.video import VideoInfo, ffmpeg_binary, probe
 
-from .crop import DecodeWindow
+from h36m.pipelines.extract.crop import DecodeWindow
 
 
 def _widen_pipe(pipe, frame_bytes: int) -> None:

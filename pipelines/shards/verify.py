@@ -12,8 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from .shard import (ARRAYS, FORMAT, MAX_VIEWS, clip_key, decode_images, decode_sample, index_for,
-                    iter_tar_samples, sha256_file)
+from h36m.pipelines.files import sha256_file
+from h36m.pipelines.shards.sample import ARRAYS, FORMAT, MAX_VIEWS, clip_key, decode_images, decode_sample, iter_tar_samples
+from h36m.pipelines.shards.urls import index_for
 
 KEY_RE = re.compile(r"^S\d+/[^./\s]+/\d{6}$")
 _KNOWN = re.compile(r"^(meta\.json|cameras\.json|(" + "|".join(ARRAYS) + r")\.npy|v\d+_\d{4}\.jpg)$")
@@ -48,18 +49,6 @@ class VerifyProgress:
     total: int
     samples: int
     problems: int
-
-
-def shard_paths(args) -> list[Path]:
-    """Command-line arguments -> shard files: a folder means its `*.tar`; brace patterns are expanded."""
-    import braceexpand
-
-    out = []
-    for arg in args:
-        for item in braceexpand.braceexpand(str(arg)):
-            p = Path(item)
-            out += sorted(p.glob("*.tar")) if p.is_dir() else [p]
-    return out
 
 
 def check_clip_values(clip) -> list[str]:

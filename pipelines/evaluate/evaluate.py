@@ -1,6 +1,6 @@
 """`h36m evaluate`: a trained run on test shards -> 2-D and 3-D metrics per canonical action, and a report.
 
-    from pipelines.evaluate import EvalConfig, evaluate
+    from h36m.pipelines.evaluate.evaluate import EvalConfig, evaluate
     report = evaluate(EvalConfig(run="runs/lift", shards="SH/test-*.tar"))
 
 What is measured (h36m_tools.metrics for the definitions), on every (view, frame) of the test clips (S9, S11;
@@ -28,9 +28,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from h36m_tools import metrics as M
-from h36m_tools.errors import H36MError
-from h36m_tools.names import ACTIONS, DAMAGED
+from h36m.h36m_tools import metrics as M
+from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.names import ACTIONS, DAMAGED
 
 METHODS = ("Mean pose", "Lifter, GT 2-D", "Ours")
 METRICS_3D = ("MPJPE", "P-MPJPE", "N-MPJPE", "MPJVE")
@@ -170,9 +170,9 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
     """Predictions for every view of every test clip: (ViewClips, clips to draw, the run's stage, shard URLs)."""
     import torch
 
-    from .checkpoint import load_network
-    from .loader import LoaderConfig, expand_urls, make_loader
-    from .train import PoseStats, crop_size_of, normalise_images
+    from h36m.pipelines.train.checkpoint import load_network
+    from h36m.pipelines.loader.loader import LoaderConfig, expand_urls, make_loader
+    from h36m.pipelines.train.loop import PoseStats, crop_size_of, normalise_images
 
     dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
                        else "cpu")

@@ -2,15 +2,16 @@
 (left side blue, right side red, centre green), so sync and crops can be judged at a glance."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from h36m_tools.skeleton import BONES17, LEFT17, RIGHT17
+from h36m.h36m_tools.errors import H36MError
+from h36m.pipelines.files import write_atomic
+from h36m.h36m_tools.skeleton import BONES17, LEFT17, RIGHT17
 
-from .shard import Clip, read_clip
+from h36m.pipelines.shards.sample import Clip, read_clip
 
 #: BGR colours of bones and joints by side.
 COLORS = {"left": (230, 120, 30), "right": (40, 40, 230), "centre": (60, 200, 60)}
@@ -75,9 +76,8 @@ def show(cfg: ShowConfig) -> tuple[Path, Clip]:
     clip = read_clip(cfg.shard, cfg.key)
     img = render_clip(clip, cfg.max_frames, cfg.cell)
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), img):
-        raise OSError(f"{out}: cannot write PNG")
-    os.replace(tmp, out)
+    ok, png = cv2.imencode(".png", img)
+    if not ok:
+        raise H36MError(out, "cannot encode the picture as PNG")
+    write_atomic(out, png.tobytes())
     return out, clip

@@ -1,15 +1,15 @@
 """PNG figures of an evaluation (matplotlib, Agg backend): per-action bars, PCK curves, clips with skeletons."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from h36m_tools.names import ACTIONS
-from h36m_tools.skeleton import BONES17, LEFT17
+from h36m.pipelines.files import atomic_path
+from h36m.h36m_tools.names import ACTIONS
+from h36m.h36m_tools.skeleton import BONES17, LEFT17
 
-from .evaluate import CURVE_THRESHOLDS, METHODS, ClipPlot, EvalReport
+from h36m.pipelines.evaluate.evaluate import CURVE_THRESHOLDS, METHODS, ClipPlot, EvalReport
 
 COLORS = {"Mean pose": "#9e9e9e", "Lifter, GT 2-D": "#4c72b0", "Ours": "#dd8452"}
 
@@ -25,10 +25,8 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return path
 
