@@ -248,9 +248,10 @@ def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_see
 def verify(shards, no_decode, workers):
     """Read every sample of SHARDS (files, folders or brace patterns): schema, shapes, values, JPEGs, keys, and
     each shard's count, size and sha256 against {split}-index.json. Lists every problem; exit 1 on any."""
-    from h36m.pipelines.shards.verify import shard_paths, verify as run_verify
+    from h36m.pipelines.shards.urls import shard_files
+    from h36m.pipelines.shards.verify import verify as run_verify
 
-    paths = shard_paths(shards)
+    paths = shard_files(shards)
     if not paths:
         _fail(f"no shards in {' '.join(map(str, shards))}")
     console = _console()
@@ -348,7 +349,7 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
     \b
       h36m train --shards 'SH/train-*.tar' --out runs/2d --stage 2d
       h36m train --shards 'SH/train-*.tar' --out runs/lift --stage lift --init runs/2d
-      torchrun --nproc_per_node 2 -m cli train --shards 'SH/train-*.tar' --out runs/2d
+      torchrun --nproc_per_node 2 -m h36m train --shards 'SH/train-*.tar' --out runs/2d
     """
     _openmp_env()
     import os

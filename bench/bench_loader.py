@@ -167,7 +167,8 @@ def bench_loader(shards: Path, workers: int, batch: int, seconds: float,
     LoaderConfig's (None: its default)."""
     import json
 
-    from h36m.pipelines.loader.loader import MESSAGE_CROPS, LoaderConfig, make_loader
+    from h36m.pipelines.loader.stages import MESSAGE_CROPS
+    from h36m.pipelines.loader.loader import LoaderConfig, make_loader
 
     index = json.loads((shards / "train-index.json").read_text())
     urls = [str(shards / e["name"]) for e in index["shards"]]

@@ -40,7 +40,7 @@ def bare_step_rate(stage: str, batch: int, steps: int) -> float:
     import torch
 
     from h36m.model import PRESETS, build_model
-    from h36m.pipelines.train.loop import normalise_images
+    from h36m.model import normalise_images
 
     torch.manual_seed(0)
     net = build_model(dataclasses.replace(PRESETS["tiny"], lift=False))
@@ -53,7 +53,7 @@ def bare_step_rate(stage: str, batch: int, steps: int) -> float:
     for i in range(steps):
         t = time.perf_counter()
         if stage == "2d":
-            loss = (net(normalise_images(images, 64)).joints2d - target).norm(dim=-1).mean()
+            loss = (net(normalise_images(images, net.cfg.spatial)).joints2d - target).norm(dim=-1).mean()
         else:
             loss = (net.lift(target.flatten(0, 1)) - target3d).norm(dim=-1).mean()
         opt.zero_grad()

@@ -1,6 +1,6 @@
 """Configuration of the pose network: one frozen dataclass per part, and the presets.
 
-Every field is a plain bool / int / float / str or a tuple of ints, so a config turns into a
+Every field is a plain bool / int / float / str or a tuple of numbers, so a config turns into a
 JSON- or TOML-ready dict with `ModelConfig.to_dict()` and back with `ModelConfig.from_dict(d)`;
 override fields with `dataclasses.replace`, e.g.
 
@@ -25,9 +25,16 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
+#: The ImageNet statistics the Swin and ViT checkpoints were trained with (RGB in [0, 1]), as timm keeps them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class SpatialConfig:
     """The per-image Swin transformer (timm's SwinTransformer, classifier removed).
+
+    mean, std: per RGB channel, the input normalisation (`model.preprocess.normalise_images`).
 
     keep_ratio: fraction of tokens kept by patch selection (1.0 = off, plain Swin).
     select_stage: index of the stage at whose start (just after its patch merging) the tokens are
@@ -44,6 +51,8 @@ class SpatialConfig:
     keep_ratio: float = 1.0
     select_stage: int = 2
     saliency_dim: int = 64
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     @property
     def num_features(self) -> int:
@@ -170,4 +179,4 @@ PRESETS: dict[str, ModelConfig] = {
     "paper_rf27": _paper(receptive_field=27, name="paper_rf27"),
 }
 
-__all__ = ["SpatialConfig", "RelationsConfig", "HeadConfig", "LifterConfig", "ModelConfig", "PRESETS"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SpatialConfig", "RelationsConfig", "HeadConfig", "LifterConfig", "ModelConfig", "PRESETS"]

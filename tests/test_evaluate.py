@@ -16,7 +16,7 @@ from h36m.pipelines.train.checkpoint import load_checkpoint
 from h36m.pipelines.evaluate.evaluate import METHODS, METRICS_3D, EvalConfig, evaluate, is_damaged
 from h36m.pipelines.evaluate.report import to_csv, to_markdown, write_report
 from h36m.pipelines.shards.sample import decode_sample, iter_tar_samples
-from h36m.pipelines.train.loop import PoseStats
+from h36m.pipelines.train.pose_stats import PoseStats
 
 
 def shard_views(pattern: str):

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from fixtures_shard import FRAMES, extracted, shards  # noqa: F401  (fixtures; realdata comes from conftest)
-from h36m.pipelines.loader.loader import (LoaderConfig, ShardWarning, Unit, expand_urls, make_loader, plan_batches, plan_rank,
-                              sample_bytes, shard_counts, shuffle_size)
+from h36m.pipelines.loader.loader import LoaderConfig, make_loader
+from h36m.pipelines.loader.stages import ShardWarning, sample_bytes, shuffle_size
+from h36m.pipelines.loader.plan import Unit, plan_batches, plan_rank
+from h36m.pipelines.shards.urls import expand_urls, shard_counts
 from h36m.pipelines.shards.sample import decode_sample, iter_tar_samples
 
 TRAIN = "train-{000000..000004}.tar"
@@ -234,7 +236,7 @@ def _project_to_crop(clip_cams, pose3d, box, size):
 def test_flip_gives_a_valid_mirrored_clip(shards):
     from h36m.h36m_tools.skeleton import LEFT17, RIGHT17, bone_lengths
     from h36m.pipelines.loader.augment import flip_clip
-    from h36m.pipelines.loader.loader import decode_chw
+    from h36m.pipelines.loader.stages import decode_chw
 
     clip = decode_chw(decode_sample(next(iter_tar_samples(shards / "train-000000.tar"))))
     f = flip_clip(clip)
@@ -261,7 +263,7 @@ def test_flip_gives_a_valid_mirrored_clip(shards):
 
 
 def _reference_images(folder: Path, split: str = "train") -> dict[str, np.ndarray]:
-    from h36m.pipelines.loader.loader import decode_chw
+    from h36m.pipelines.loader.stages import decode_chw
 
     return {raw["__key__"]: decode_chw(decode_sample(raw)).images
             for p in sorted(folder.glob(f"{split}-*.tar")) for raw in iter_tar_samples(p)}
@@ -372,7 +374,7 @@ def test_messages_of_several_batches_split_into_the_same_batches(shards, workers
     """A worker sends several batches per message (message_crops): the consumer still gets batches of batch_size,
     len(loader) of them in training (a quota that is no multiple of the message), every clip once with its own
     images in evaluation, the last batch of each worker perhaps short."""
-    from h36m.pipelines.loader.loader import batches_per_message
+    from h36m.pipelines.loader.stages import batches_per_message
 
     assert batches_per_message(2, 4 * FRAMES, 1) == 1 and batches_per_message(2, 4 * FRAMES, 65) == 2
     assert batches_per_message(1, 4 * 128) == 1

@@ -128,13 +128,13 @@ def test_deterministic_for_a_seed(tmp_path):
 
 
 def test_cli_synth_writes_a_release(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "cli", "synth", str(tmp_path / "r"), "--subjects", "S11",
+    res = subprocess.run([sys.executable, "-m", "h36m", "synth", str(tmp_path / "r"), "--subjects", "S11",
                           "--sequences-per-subject", "1", "--frames", "5", "--workers", "1"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "truncated" in res.stdout
     assert len(names.discover(tmp_path / "r")) == 1
-    bad = subprocess.run([sys.executable, "-m", "cli", "synth", str(tmp_path / "x"), "--subjects", "S99"],
+    bad = subprocess.run([sys.executable, "-m", "h36m", "synth", str(tmp_path / "x"), "--subjects", "S99"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "S99" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -147,7 +147,7 @@ def test_resume_reproduces_the_unbroken_run(train_data, run2d, tmp_path):
 
 def test_ctrl_c_saves_and_the_cli_resumes(train_data, run2d, tmp_path):
     out = tmp_path / "sigint"
-    cmd = [python(), "-m", "cli", "train", "--shards", train_data.train, "--out", str(out), "--stage", "2d",
+    cmd = [python(), "-m", "h36m", "train", "--shards", train_data.train, "--out", str(out), "--stage", "2d",
            "--epochs", "2", "--batch-size", "2", "--workers", "1", "--seed", "0", "--checkpoint-every", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = out / "metrics.jsonl"
@@ -167,7 +167,7 @@ def test_ctrl_c_saves_and_the_cli_resumes(train_data, run2d, tmp_path):
 
 def test_torchrun_two_processes_on_cpu(train_data, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli", "train",
+    cmd = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "h36m", "train",
            "--shards", train_data.train, "--out", str(out), "--epochs", "2", "--batch-size", "2", "--workers", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)

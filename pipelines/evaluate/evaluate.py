@@ -171,8 +171,12 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
     import torch
 
     from h36m.pipelines.train.checkpoint import load_network
-    from h36m.pipelines.loader.loader import LoaderConfig, expand_urls, make_loader
-    from h36m.pipelines.train.loop import PoseStats, crop_size_of, normalise_images
+    from h36m.pipelines.loader.loader import LoaderConfig, make_loader
+    from h36m.pipelines.shards.urls import expand_urls
+    from h36m.model import normalise_images
+    from h36m.pipelines.extract.crop import to_full
+    from h36m.pipelines.loader.loader import batch_crop_size
+    from h36m.pipelines.train.pose_stats import PoseStats
 
     dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
                        else "cpu")
@@ -198,12 +202,11 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
     plots: list[ClipPlot] = []
     drawn: set[tuple[str, str]] = set()
     clips = 0
-    img_size = net.cfg.spatial.img_size
     with torch.no_grad():   # not inference_mode: the loader's shared buffers are updated outside it
         for batch in loader:
-            crop = crop_size_of(batch)
+            crop = batch_crop_size(batch)
             mask = batch["view_mask"].bool()
-            images = normalise_images(batch["images"].to(dev), img_size)
+            images = normalise_images(batch["images"].to(dev), net.cfg.spatial)
             pred2d01 = net(images, mask.to(dev)).joints2d.float()
             gt2d01 = batch["pose2d"].float().to(dev) / crop
             p3 = net.lift(pred2d01[mask.to(dev)]).float().cpu().numpy()
@@ -220,10 +223,9 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
                 for v in range(nviews):
                     camera = str(meta["cameras"][v])
                     box = batch["box"][b, v, :real].numpy().astype(np.float64)
-                    scale = (box[:, 2] - box[:, 0]) / crop
 
-                    def full(p):  # crop px -> full-frame px (pixel centres: crop i+0.5 <-> full x+0.5)
-                        return box[:, None, :2] + (p[:real] + 0.5) * scale[:, None, None] - 0.5
+                    def full(p):  # crop px -> full-frame px
+                        return to_full(p[:real], box, crop)
 
                     counted = np.array([keep_clip and int(f) % cfg.every == 0 and
                                         (meta["subject"], meta["sequence"], camera, int(f)) not in seen

@@ -38,11 +38,11 @@ import numpy as np
 from h36m.pipelines.files import write_atomic
 from h36m.h36m_tools.errors import H36MError
 
+from h36m.pipelines.train.losses import joint_distance, mpjpe_m
+from h36m.pipelines.train.pose_stats import PoseStats
 from h36m.pipelines.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from h36m.pipelines.train.config import RUN_CONTROL, TrainConfig, from_dict, model_config, resolve, to_dict, to_toml
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -71,41 +71,6 @@ class TrainResult:
     done: bool                            # all epochs trained
     last_loss: float
     checkpoint: Path
-
-
-@dataclass
-class PoseStats:
-    """Running sums over the training batches for the mean-pose baseline: crop-normalised 2-D joints ([0, 1])
-    and root-relative camera 3-D joints (mm), of rank 0's share of the data."""
-    sum2d: np.ndarray = field(default_factory=lambda: np.zeros((17, 2)))
-    sum3d: np.ndarray = field(default_factory=lambda: np.zeros((17, 3)))
-    count: int = 0
-
-    def update(self, pose2d01: np.ndarray, pose3d_rel: np.ndarray) -> None:
-        """(n, 17, 2) and (n, 17, 3) joints of present views and frames."""
-        self.sum2d += pose2d01.reshape(-1, 17, 2).sum(0)
-        self.sum3d += pose3d_rel.reshape(-1, 17, 3).sum(0)
-        self.count += int(pose2d01.reshape(-1, 17, 2).shape[0])
-
-    @property
-    def mean2d(self) -> np.ndarray:
-        return self.sum2d / max(self.count, 1)
-
-    @property
-    def mean3d(self) -> np.ndarray:
-        return self.sum3d / max(self.count, 1)
-
-    def state(self) -> dict:
-        import torch
-
-        return {"sum2d": torch.from_numpy(self.sum2d.copy()), "sum3d": torch.from_numpy(self.sum3d.copy()),
-                "count": self.count}
-
-    @classmethod
-    def from_state(cls, s: dict | None) -> "PoseStats":
-        if not s:
-            return cls()
-        return cls(s["sum2d"].numpy().astype(np.float64), s["sum3d"].numpy().astype(np.float64), int(s["count"]))
 
 
 def train(cfg: TrainConfig, on_progress: Optional[Callable[[TrainEvent], None]] = None) -> TrainResult:
@@ -164,7 +129,7 @@ def _stage_module(net, cfg: TrainConfig):
             nan = target2d.new_tensor(math.nan)
             if cfg.stage == "2d":
                 out = self.net(images, view_mask)
-                err2d = _joint_dist(out.joints2d, target2d, view_mask)
+                err2d = joint_distance(out.joints2d, target2d, view_mask)
                 return err2d, err2d.detach(), nan
             if cfg.stage == "lift":
                 if cfg.lift_inputs == "pred":
@@ -173,19 +138,14 @@ def _stage_module(net, cfg: TrainConfig):
                 else:
                     inputs = target2d + noise2d
                 pred3d = self.net.lift(inputs[view_mask])                       # (n, F, 17, 3) mm
-                m = (pred3d.float() - target3d[view_mask]).norm(dim=-1).mean() / 1000.0
+                m = mpjpe_m(pred3d, target3d[view_mask])
                 return m, nan, m.detach()
             out = self.net(images, view_mask)
-            err2d = _joint_dist(out.joints2d, target2d, view_mask)
-            m = (out.joints3d.float() - target3d).norm(dim=-1)[view_mask].mean() / 1000.0
+            err2d = joint_distance(out.joints2d, target2d, view_mask)
+            m = mpjpe_m(out.joints3d[view_mask], target3d[view_mask])
             return err2d + cfg.loss3d_weight * m, err2d.detach(), m.detach()
 
     return StageLoss()
-
-
-def _joint_dist(pred, target, view_mask):
-    """Mean Euclidean distance over present views, frames, joints; (B, V, F, J, 2) x2, (B, V) -> scalar."""
-    return (pred.float() - target).norm(dim=-1)[view_mask].mean()
 
 
 def _param_groups(module, weight_decay: float):
@@ -197,28 +157,6 @@ def _param_groups(module, weight_decay: float):
         plain = p.ndim <= 1 or any(k in name for k in ("pos", "relative_position", "queries", "prior"))
         (no_decay if plain else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def normalise_images(images, img_size: int):
-    """uint8 (B, V, F, 3, H, W) on the device -> float32 ImageNet-normalised, resized to img_size if needed."""
-    import torch
-    import torch.nn.functional as tf
-
-    x = images.float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
-    x = (x - mean) / std
-    if x.shape[-1] != img_size or x.shape[-2] != img_size:
-        shape = x.shape
-        x = tf.interpolate(x.flatten(0, 2), size=(img_size, img_size), mode="bilinear", antialias=True,
-                           align_corners=False).reshape(*shape[:4], img_size, img_size)
-    return x
-
-
-def crop_size_of(batch) -> float:
-    """The crop side in px the batch's pose2d is measured in (meta crop_size, else the image width)."""
-    meta = batch.get("meta") or [{}]
-    return float(meta[0].get("crop_size") or batch["images"].shape[-1])
 
 
 # ----- the loop -------------------------------------------------------------------------------------------------
@@ -428,17 +366,20 @@ class _Trainer:
         return loss, False
 
     def _inputs(self, torch, batch, micro: int):
+        from h36m.model import normalise_images
+        from h36m.pipelines.loader.loader import batch_crop_size
+
         """A batch -> (images, view_mask, target2d, target3d, noise2d) on the device; updates the pose stats."""
         cfg, dev = self.cfg, self.device
         nb = dev.type == "cuda"
-        crop = crop_size_of(batch)
+        crop = batch_crop_size(batch)
         self._crop = crop
         view_mask = batch["view_mask"].to(dev, non_blocking=nb).bool()
         pose2d = batch["pose2d"].to(dev, non_blocking=nb).float() / crop
         cam = batch["pose3d_cam"].to(dev, non_blocking=nb).float()
         target3d = cam - cam[..., :1, :]
         need_images = cfg.stage != "lift" or cfg.lift_inputs == "pred"
-        images = normalise_images(batch["images"].to(dev, non_blocking=nb), self.mcfg.spatial.img_size) \
+        images = normalise_images(batch["images"].to(dev, non_blocking=nb), self.mcfg.spatial) \
             if need_images else None
         noise = torch.zeros_like(pose2d)
         if cfg.stage == "lift" and cfg.lift_inputs == "gt" and cfg.lift_noise > 0:
