@@ -1,6 +1,9 @@
 """`h36m`: the command line. Commands stay thin: they parse options, call the Python API, and own all output.
 
-Heavy imports (torch, timm, cv2, cdflib) happen inside the commands so `h36m --help` is instant.
+Heavy imports (torch, timm, cv2, cdflib) happen inside the commands so `h36m --help` is instant. Options that
+several commands share are declared once (the `*_option` decorators); so is the handling of errors (`_Group`):
+the library's H36MError and ValueError (bad input, bad options) and OSError become one line on stderr, exit 1.
+Every path or user string printed inside rich markup goes through `_lit` (printed as it is, `[` included).
 """
 from __future__ import annotations
 
@@ -34,18 +37,51 @@ def _progress(console):
                     TimeRemainingColumn(), console=console, transient=False)
 
 
+def _lit(value) -> str:
+    """`value` as text that rich markup prints literally (a path may hold `[`)."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 class _Group(click.Group):
-    """Turns the library's input errors into one-line messages instead of tracebacks."""
+    """Turns the library's errors into one-line messages instead of tracebacks: H36MError and ValueError (bad input
+    files, bad options; an H36MError names its file) and OSError (with the file it names)."""
 
     def invoke(self, ctx):
-        from h36m.h36m_tools.errors import H36MError
-
         try:
             return super().invoke(ctx)
-        except H36MError as e:
+        except ValueError as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(f"{e.filename}: {e.strerror or e}" if e.filename else str(e))
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+
+
+# ----- options several commands share ---------------------------------------------------------------------------
+
+def subjects_option(default: str | None, help: str):
+    return click.option("--subjects", default=default, show_default=default is not None, help=help)
+
+
+def workers_option(default: int | None = None, help: str = "Processes [default: all cores].", low: int = 1):
+    return click.option("--workers", default=default, show_default=default is not None, type=click.IntRange(low),
+                        help=help)
+
+
+def device_option(default: str | None = None):
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=default,
+                        show_default=default is not None, help="Where the network runs (auto: a GPU if present).")
+
+
+def sequences_per_subject_option(f):
+    return click.option("--sequences-per-subject", default=3, show_default=True, type=click.IntRange(1, 30))(f)
+
+
+def batch_size_option(default: int | None = None, help: str = "Clips per process per batch."):
+    return click.option("--batch-size", default=default, show_default=default is not None,
+                        type=click.IntRange(1), help=help)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -65,15 +101,15 @@ def main():
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--subjects", default="S1,S5,S9,S11", show_default=True, help="Comma-separated subjects.")
-@click.option("--sequences-per-subject", default=3, show_default=True, type=click.IntRange(1, 30))
+@subjects_option("S1,S5,S9,S11", "Comma-separated subjects.")
+@sequences_per_subject_option
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(2), help="Pose frames per sequence.")
 @click.option("--scale", default=0.25, show_default=True, type=click.FloatRange(0.05, 1.0),
               help="Video size as a fraction of the real 1000x1000 / 1000x1002.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-quirks", is_flag=True, help="Leave out the real release's quirks (extra frames, a truncated "
               "video, a subject without D2/masks).")
-@click.option("--workers", default=None, type=click.IntRange(1), help="Processes (default: all cores).")
+@workers_option()
 def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, workers):
     """Write a synthetic release in the exact H36M layout and formats to OUT."""
     import os
@@ -81,15 +117,13 @@ def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, 
     from h36m.h36m_tools.names import parse_subjects
     from h36m.pipelines.synth.release import SynthConfig, choose_sequences, run_synth
 
-    try:
-        cfg = SynthConfig(out=out, subjects=parse_subjects(subjects), sequences_per_subject=sequences_per_subject,
-                          frames=frames, scale=scale, seed=seed, quirks=not no_quirks,
-                          workers=workers or os.cpu_count() or 1)
-        jobs = choose_sequences(cfg)
-    except ValueError as e:
-        _fail(str(e))
+    cfg = SynthConfig(out=out, subjects=parse_subjects(subjects), sequences_per_subject=sequences_per_subject,
+                      frames=frames, scale=scale, seed=seed, quirks=not no_quirks,
+                      workers=workers or os.cpu_count() or 1)
+    jobs = choose_sequences(cfg)
     console = _console()
-    console.print(f"synth: {len(jobs)} sequences x 4 cameras x {frames} frames at scale {scale} -> {out}")
+    console.print(f"synth: {len(jobs)} sequences x 4 cameras x {frames} frames at scale {scale} -> {out}",
+                  markup=False)
     with _progress(console) as progress:
         task = progress.add_task("sequences", total=len(jobs))
         results = run_synth(cfg, on_done=lambda r: progress.advance(task))
@@ -102,7 +136,7 @@ def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, 
     console.print(f"[green]done[/]: {len(results)} sequences; " + "; ".join(notes))
 
 
-# --- extract commands (issue 3) ---
+# ----- extract --------------------------------------------------------------------------------------------------
 def _extract_plan_table(plan):
     from rich.table import Table
 
@@ -121,7 +155,7 @@ def _extract_summary_table(results):
                   title_justify="left")
     for r in results:
         trimmed = " ".join(f"{c}:{n}" for c, n in r.trimmed.items() if n) or "-"
-        table.add_row(r.key, {"done": "[green]done[/]", "skipped": "[yellow]skipped[/]"}.get(r.status, "[red]failed[/]"),
+        table.add_row(_lit(r.key), {"done": "[green]done[/]", "skipped": "[yellow]skipped[/]"}.get(r.status, "[red]failed[/]"),
                       str(r.frames or "-"), str(len(r.cameras) or "-"), trimmed, r.bbox or "-")
     return table
 
@@ -129,7 +163,7 @@ def _extract_summary_table(results):
 @main.command()
 @click.argument("raw", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--subjects", default=None, help="Comma-separated subjects [default: every S<n> folder in RAW].")
+@subjects_option(None, "Comma-separated subjects [default: every S<n> folder in RAW].")
 @click.option("--size", default=224, show_default=True, type=click.IntRange(8, 4096), help="Crop side, pixels.")
 @click.option("--margin", default=1.2, show_default=True, type=click.FloatRange(1.0, 10.0),
               help="Box side / larger extent of the joints (or mask).")
@@ -140,7 +174,7 @@ def _extract_summary_table(results):
               help="metadata.xml or cameras.json to project with [default: the bundled H36M parameters].")
 @click.option("--min-views", default=4, show_default=True, type=click.IntRange(1, 4),
               help="Keep a sequence with at least this many readable cameras (3 keeps S11 Directions).")
-@click.option("--workers", default=None, type=click.IntRange(1), help="Processes [default: all cores].")
+@workers_option()
 @click.option("--part", default="1/1", show_default=True,
               help="Do the I-th of N shares (I/N; e.g. $SLURM_ARRAY_TASK_ID/N with --array=1-N); all parts may "
               "share one OUT.")
@@ -156,12 +190,9 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
     from h36m.pipelines.extract.extract import plan_extract, run_extract
     from h36m.pipelines.extract.plan import ExtractConfig, default_workers, parse_part
 
-    try:
-        cfg = ExtractConfig(raw=raw, out=out, subjects=parse_subjects(subjects) if subjects else None, size=size,
-                            margin=margin, bbox=bbox, quality=quality, cameras=cameras_file, min_views=min_views,
-                            workers=workers or default_workers(), part=parse_part(part))
-    except ValueError as e:
-        _fail(str(e))
+    cfg = ExtractConfig(raw=raw, out=out, subjects=parse_subjects(subjects) if subjects else None, size=size,
+                        margin=margin, bbox=bbox, quality=quality, cameras=cameras_file, min_views=min_views,
+                        workers=workers or default_workers(), part=parse_part(part))
     plan = plan_extract(cfg)
     console = _console()
     todo = plan.todo
@@ -197,7 +228,7 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
 
 
 
-# --- shard, verify, show commands (issue 4) ---
+# ----- shard, verify, show ------------------------------------------------------------------------------------
 @main.command()
 @click.argument("extracted", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
@@ -205,7 +236,7 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
 @click.option("--stride", default=None, type=click.IntRange(1), help="Frames between clip starts [default: F].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Names the shards; picks the subjects (train S1,S5,S6,S7,S8; test S9,S11).")
-@click.option("--subjects", default=None, help="Comma-separated subjects instead of the split's.")
+@subjects_option(None, "Comma-separated subjects instead of the split's.")
 @click.option("--shard-mb", default=256.0, show_default=True, type=click.FloatRange(0.001), help="Shard size limit.")
 @click.option("--shuffle-seed", default=0, show_default=True, help="Seed of the clip order across shards.")
 @click.option("--no-shuffle", is_flag=True, help="Keep clips in sequence order (e.g. for evaluation).")
@@ -218,12 +249,9 @@ def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_see
     from h36m.h36m_tools.names import parse_subjects
     from h36m.pipelines.shards.writer import ShardConfig, plan_clips, write_shards
 
-    try:
-        cfg = ShardConfig(extracted=extracted, out=out, frames=frames, stride=stride, split=split,
-                          subjects=parse_subjects(subjects) if subjects else None, shard_mb=shard_mb,
-                          shuffle_seed=None if no_shuffle else shuffle_seed, tail=tail)
-    except ValueError as e:
-        _fail(str(e))
+    cfg = ShardConfig(extracted=extracted, out=out, frames=frames, stride=stride, split=split,
+                      subjects=parse_subjects(subjects) if subjects else None, shard_mb=shard_mb,
+                      shuffle_seed=None if no_shuffle else shuffle_seed, tail=tail)
     plan = plan_clips(cfg)
     console = _console()
     console.print(f"shard {extracted} -> {out}: {split} split ({','.join(cfg.chosen_subjects)}), {len(plan.clips)} "
@@ -236,15 +264,15 @@ def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_see
         res = write_shards(cfg, on_progress=lambda ev: progress.update(task, completed=ev.clips), plan=plan)
     size = sum(e["bytes"] for e in res.shards)
     console.print(f"[green]done[/]: {res.samples} clips from {res.sequences} sequences in {len(res.shards)} shards "
-                  f"({size / 1e6:.1f} MB); index {res.index}" +
+                  f"({size / 1e6:.1f} MB); index {_lit(res.index)}" +
                   (f"; resumed after {res.resumed_shards} shards" if res.resumed_shards else "") +
-                  (f"; removed stale {', '.join(res.removed)}" if res.removed else ""), soft_wrap=True)
+                  (f"; removed stale {_lit(', '.join(res.removed))}" if res.removed else ""), soft_wrap=True)
 
 
 @main.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--no-decode", is_flag=True, help="Skip decoding the JPEGs (schema, shapes and checksums only).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Processes.")
+@workers_option(1, "Processes.")
 def verify(shards, no_decode, workers):
     """Read every sample of SHARDS (files, folders or brace patterns): schema, shapes, values, JPEGs, keys, and
     each shard's count, size and sha256 against {split}-index.json. Lists every problem; exit 1 on any."""
@@ -282,7 +310,7 @@ def show(shard_file, key, out, max_frames):
 
 
 
-# --- train, evaluate, demo commands (issue 6) ---
+# ----- train, evaluate, demo ----------------------------------------------------------------------------------
 
 def _openmp_env():
     """Shorter OpenMP spin-waits unless the user set them: torch's libgomp threads spin for 300k rounds before
@@ -306,7 +334,7 @@ def _train_progress(console):
 
     def on_event(e):
         if e.kind == "start":
-            console.print(f"train: {e.message}; step {e.step} of {e.total_steps}", soft_wrap=True)
+            console.print(f"train: {e.message}; step {e.step} of {e.total_steps}", soft_wrap=True, markup=False)
             state["task"] = progress.add_task(f"epoch {e.epoch + 1}/{e.epochs}", total=e.total_steps, completed=e.step,
                                               loss="-", lr=f"{e.lr:.2e}", ips="-", wait="-")
         elif e.kind == "step":
@@ -315,7 +343,7 @@ def _train_progress(console):
                             wait=f"{e.data_wait:.0%}")
         elif e.kind in ("end", "interrupted"):
             progress.stop()
-            console.print(("[yellow]interrupted[/]: " if e.kind == "interrupted" else "[green]train[/]: ") + e.message)
+            console.print(("[yellow]interrupted[/]: " if e.kind == "interrupted" else "[green]train[/]: ") + _lit(e.message))
 
     return progress, on_event
 
@@ -332,14 +360,14 @@ def _train_progress(console):
 @click.option("--lift-inputs", type=click.Choice(["gt", "pred"]),
               help="Lift stage inputs: ground-truth 2-D + noise, or the network's own 2-D predictions.")
 @click.option("--epochs", type=click.IntRange(1))
-@click.option("--batch-size", type=click.IntRange(1), help="Clips per process per micro-batch.")
+@batch_size_option(help="Clips per process per micro-batch.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
 @click.option("--grad-accum", type=click.IntRange(1), help="Micro-batches per optimiser step.")
-@click.option("--workers", type=click.IntRange(0), help="Loader processes per rank.")
+@workers_option(help="Loader processes per rank.", low=0)
 @click.option("--seed", type=int)
 @click.option("--max-steps", type=click.IntRange(1), help="Stop with a checkpoint after this many steps.")
 @click.option("--checkpoint-every", type=click.IntRange(0), help="Steps between checkpoints (and every epoch end).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@device_option()
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the training step.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out at its last checkpoint.")
 def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, batch_size, lr, grad_accum, workers,
@@ -354,28 +382,26 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
     _openmp_env()
     import os
 
-    from h36m.pipelines import train as T
+    from h36m.pipelines.train import loop as T
     from h36m.pipelines.train.config import build_config
 
     console = _console()
     quiet = int(os.environ.get("RANK", "0")) != 0
     progress, on_event = _train_progress(console)
-    try:
-        with progress:
-            if resume:
-                result = T.resume(out, on_progress=None if quiet else on_event, max_steps=max_steps, shards=shards,
-                                  workers=workers, checkpoint_every=checkpoint_every, device=device, compile=compile_)
-            else:
-                cfg = build_config(config_file, shards=shards, out=str(out), preset=preset, stage=stage, init=init,
-                                   lift_inputs=lift_inputs, epochs=epochs, batch_size=batch_size, lr=lr,
-                                   grad_accum=grad_accum, workers=workers, seed=seed, max_steps=max_steps,
-                                   checkpoint_every=checkpoint_every, device=device, compile=compile_)
-                result = T.train(cfg, on_progress=None if quiet else on_event)
-    except ValueError as e:     # bad options; H36MError (a ValueError too) gives the same one line
-        _fail(str(e))
+    with progress:
+        if resume:
+            result = T.resume(out, on_progress=None if quiet else on_event, max_steps=max_steps, shards=shards,
+                              workers=workers, checkpoint_every=checkpoint_every, device=device, compile=compile_)
+        else:
+            cfg = build_config(config_file, shards=shards, out=str(out), preset=preset, stage=stage, init=init,
+                               lift_inputs=lift_inputs, epochs=epochs, batch_size=batch_size, lr=lr,
+                               grad_accum=grad_accum, workers=workers, seed=seed, max_steps=max_steps,
+                               checkpoint_every=checkpoint_every, device=device, compile=compile_)
+            result = T.train(cfg, on_progress=None if quiet else on_event)
     if not quiet:
         state = "complete" if result.done else "stopped (continue with --resume)"
-        console.print(f"run {result.run}: step {result.steps}/{result.total_steps}, {state}", soft_wrap=True)
+        console.print(f"run {result.run}: step {result.steps}/{result.total_steps}, {state}", soft_wrap=True,
+                      markup=False)
 
 
 def _print_report(console, report):
@@ -400,9 +426,9 @@ def _print_report(console, report):
 @click.option("--exclude-damaged", is_flag=True, help="Leave out the test sequences with damaged ground truth "
               "(S9 Greeting, SittingDown 1, Waiting 1).")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(1), help="Count every N-th frame only.")
-@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@batch_size_option(2)
+@workers_option(2, "Loader processes.", low=0)
+@device_option("auto")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, device, no_plots):
     """Evaluate a run on test shards: 2-D PCK/AP/AR and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action, with a
@@ -425,20 +451,17 @@ def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, 
         progress.update(task, completed=e.clips, total=e.total)
 
     try:
-        try:
-            report = run_eval(cfg, on_progress=on_progress)
-        finally:
-            progress.stop()
-    except ValueError as e:     # bad options; H36MError (a ValueError too) gives the same one line
-        _fail(str(e))
+        report = run_eval(cfg, on_progress=on_progress)
+    finally:
+        progress.stop()
     write_report(report, default_out(cfg), plots=cfg.plots)
     _print_report(console, report)
 
 
 @main.command()
 @click.option("--out", default="h36m-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--subjects", default="S1,S5,S9,S11", show_default=True, help="Training and test (S9, S11) subjects.")
-@click.option("--sequences-per-subject", default=3, show_default=True, type=click.IntRange(1, 30))
+@subjects_option("S1,S5,S9,S11", "Training and test (S9, S11) subjects.")
+@sequences_per_subject_option
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(16), help="Frames per sequence.")
 @click.option("--epochs-2d", default=24, show_default=True, type=click.IntRange(1))
 @click.option("--epochs-lift", default=16, show_default=True, type=click.IntRange(1))
@@ -461,7 +484,7 @@ def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
             bar = bars.pop(e.step, None)
             if bar:
                 bar[0].stop()
-            console.print(f"[bold]{e.step}[/]: {e.message}", soft_wrap=True)
+            console.print(f"[bold]{e.step}[/]: {_lit(e.message)}", soft_wrap=True)
         elif e.kind == "train":
             if e.step not in bars:
                 bars[e.step] = _train_progress(console)
@@ -470,8 +493,6 @@ def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
 
     try:
         result = run_demo(cfg, on_progress=on_event)
-    except ValueError as e:     # bad options; H36MError (a ValueError too) gives the same one line
-        _fail(str(e))
     finally:
         for bar in bars.values():
             bar[0].stop()
@@ -482,7 +503,7 @@ def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
     took = sum(result.seconds.values())
     verdict = "[green]beats the baseline[/]" if result.beats_baseline else "[red]does not beat the baseline[/]"
     console.print(f"demo: the model {verdict} on {', '.join(result.report.subjects)}; {took:.0f} s; "
-                  f"plots in {result.report_dir / 'plots'}", soft_wrap=True)
+                  f"plots in {_lit(result.report_dir / 'plots')}", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ class CameraSet:
 @lru_cache(maxsize=1)
 def bundled() -> CameraSet:
     """The official H36M parameters shipped with the package (from `cameras.json`)."""
-    text = resources.files("h36m_tools").joinpath("data/cameras.json").read_text()
+    text = resources.files(__package__).joinpath("data/cameras.json").read_text()
     return _from_cameras_json(json.loads(text))
 
 

@@ -51,7 +51,7 @@ def parse_subjects(text: str | None, default=SUBJECTS) -> tuple[str, ...]:
 @lru_cache(maxsize=1)
 def sequence_table() -> dict:
     """`sequences.json`: per subject, sequence base name -> action id, subaction id, video frames per camera."""
-    return json.loads(resources.files("h36m_tools").joinpath("data/sequences.json").read_text())["sequences"]
+    return json.loads(resources.files(__package__).joinpath("data/sequences.json").read_text())["sequences"]
 
 
 @dataclass

@@ -29,6 +29,21 @@ def run_cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "80"})
 
 
+def run_cli_on_small_disk(folder: Path, kib: int, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`h36m ARGS...` in a subprocess that sees a `kib` KiB tmpfs mounted on `folder` (a private mount namespace:
+    nothing stays mounted after it): writes past that size fail with the kernel's real ENOSPC. Skips the test
+    where this machine cannot mount one."""
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare, "-m", "true"], capture_output=True) if unshare else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("cannot make a private mount namespace here (unshare -m)")
+    folder.mkdir(parents=True, exist_ok=True)
+    script = 'mount -t tmpfs -o size="$1"k tmpfs "$2" && shift 2 && exec "$@"'
+    return subprocess.run([unshare, "-m", "sh", "-c", script, "sh", str(kib), str(folder), str(H36M),
+                           *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "80"})
+
+
 def copy_release(src: Path, dst: Path, subjects=None) -> Path:
     """A writable copy of (some subjects of) a release."""
     dst.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from fixtures_extract import H36M, copy_release, error_lines, extracted_small, run_cli, tree_bytes  # noqa: F401
+from fixtures_extract import (H36M, copy_release, error_lines, extracted_small, run_cli, run_cli_on_small_disk,
+                              tree_bytes)  # noqa: F401
 
 SIZE, MARGIN = 224, 1.2
 FRAMES = ("S1_Directions_1.54138969_000001.jpg", "S5_SittingDown.54138969_002061.jpg",
@@ -461,17 +462,15 @@ def test_truncated_and_short_videos_are_skipped_with_their_file(small_release, t
 
 
 def test_full_disk_fails_with_the_file_named(small_release, tmp_path):
-    """The data file's tmp name points at /dev/full: the kernel's real 'No space left on device' on write."""
+    """S1's folder is a 64 KiB tmpfs: its data file does not fit (the kernel's real 'No space left on device'),
+    its small record does; S9 is on the big disk."""
     out = tmp_path / "out"
-    (out / "S1").mkdir(parents=True)
-    (out / "S1" / ".Directions_1.parquet.tmp").symlink_to("/dev/full")
-    res = run_cli("extract", small_release, out, "--subjects", "S1,S9")
+    res = run_cli_on_small_disk(out / "S1", 64, "extract", small_release, out, "--subjects", "S1,S9")
     line = _one_line_naming(res, out / "S1" / "Directions_1.parquet")
     assert res.returncode == 1 and "No space left on device" in line
     m = json.loads((out / "manifest.json").read_text())
     assert list(m["sequences"]) == ["S9/Eating_1"] and list(m["failed"]) == ["S1/Directions_1"]
-    assert not (out / "S1" / "Directions_1.parquet").exists()
-    assert not (out / "S1" / ".Directions_1.parquet.tmp").exists()           # no leftover tmp
+    assert not list((out / "S9").glob(".*.tmp"))                            # no leftover tmp
 
 
 def test_projection_mismatch_fails_and_other_options_are_refused(small_release, tmp_path):
