@@ -155,7 +155,8 @@ def _extract_summary_table(results):
                   title_justify="left")
     for r in results:
         trimmed = " ".join(f"{c}:{n}" for c, n in r.trimmed.items() if n) or "-"
-        table.add_row(_lit(r.key), {"done": "[green]done[/]", "skipped": "[yellow]skipped[/]"}.get(r.status, "[red]failed[/]"),
+        status = {"done": "[green]done[/]", "skipped": "[yellow]skipped[/]"}.get(r.status, "[red]failed[/]")
+        table.add_row(_lit(r.key), status,
                       str(r.frames or "-"), str(len(r.cameras) or "-"), trimmed, r.bbox or "-")
     return table
 
@@ -343,7 +344,8 @@ def _train_progress(console):
                             wait=f"{e.data_wait:.0%}")
         elif e.kind in ("end", "interrupted"):
             progress.stop()
-            console.print(("[yellow]interrupted[/]: " if e.kind == "interrupted" else "[green]train[/]: ") + _lit(e.message))
+            head = "[yellow]interrupted[/]: " if e.kind == "interrupted" else "[green]train[/]: "
+            console.print(head + _lit(e.message))
 
     return progress, on_event
 

@@ -100,6 +100,18 @@ def _is_sequence(name: str) -> bool:
         return False
 
 
+def subject_order(subject: str) -> tuple[int, str]:
+    """Sort key of a subject: by number (S1 < S5 < S11), names that are not `S<n>` after all of them."""
+    digits = subject[1:]
+    return (int(digits) if subject[:1] == "S" and digits.isdigit() else 10 ** 6), subject
+
+
+def sequence_order(key: str) -> tuple[int, str, str]:
+    """Sort key of a sequence key `S<n>/<name>`: by subject number (`subject_order`), then name."""
+    subject, _, name = key.partition("/")
+    return (*subject_order(subject), name)
+
+
 def discover(root: str | Path, subjects=None) -> list[SequenceFiles]:
     """Every sequence present under an H36M release folder, sorted by subject number then name.
 
@@ -110,7 +122,7 @@ def discover(root: str | Path, subjects=None) -> list[SequenceFiles]:
     if not root.is_dir():
         raise H36MError(root, "folder not found")
     found = sorted((p for p in root.iterdir() if p.is_dir() and _SUBJECT_RE.match(p.name)),
-                   key=lambda p: int(p.name[1:]))
+                   key=lambda p: subject_order(p.name))
     if subjects is not None:
         wanted = set(subjects)
         found = [p for p in found if p.name in wanted]

@@ -179,4 +179,5 @@ PRESETS: dict[str, ModelConfig] = {
     "paper_rf27": _paper(receptive_field=27, name="paper_rf27"),
 }
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SpatialConfig", "RelationsConfig", "HeadConfig", "LifterConfig", "ModelConfig", "PRESETS"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD",
+           "SpatialConfig", "RelationsConfig", "HeadConfig", "LifterConfig", "ModelConfig", "PRESETS"]

@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from fixtures_extract import (H36M, copy_release, error_lines, extracted_small, run_cli, run_cli_on_small_disk,
-                              tree_bytes)  # noqa: F401
+from fixtures_extract import (H36M, copy_release, error_lines, extracted_small, run_cli,  # noqa: F401
+                              run_cli_on_small_disk,
+                              tree_bytes)
 
 SIZE, MARGIN = 224, 1.2
 FRAMES = ("S1_Directions_1.54138969_000001.jpg", "S5_SittingDown.54138969_002061.jpg",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import json
 import shutil
 import threading
@@ -251,8 +252,8 @@ def test_flip_gives_a_valid_mirrored_clip(shards):
         assert np.linalg.det(R) == pytest.approx(1.0)
     np.testing.assert_allclose(bone_lengths(f.pose3d), bone_lengths(clip.pose3d), atol=1e-3)
     np.testing.assert_allclose(bone_lengths(f.pose3d_cam), bone_lengths(clip.pose3d_cam), atol=1e-3)
-    # the flipped left wrist is the mirror image of the original right wrist, in every view
-    np.testing.assert_allclose(f.pose2d[..., LEFT17, 0], size - clip.pose2d[..., RIGHT17, 0], atol=1e-4)
+    # the flipped left wrist is the mirror image of the original right wrist, in every view (pixel i <-> size - 1 - i)
+    np.testing.assert_allclose(f.pose2d[..., LEFT17, 0], size - 1 - clip.pose2d[..., RIGHT17, 0], atol=1e-4)
     np.testing.assert_allclose(f.pose2d[..., LEFT17, 1], clip.pose2d[..., RIGHT17, 1])
     np.testing.assert_array_equal(f.images, clip.images[..., ::-1])
     assert f.meta["flipped"] and "flipped" not in clip.meta
@@ -287,7 +288,7 @@ def test_flipped_real_cameras_project_mirrored_real_joints(realdata):
         assert np.abs(cam.project(world) - part).max() < 1e-3                       # the real camera as it is
         flipped = Camera.from_dict(flip_camera(cam.to_dict()))
         mirrored = part[FLIP17].copy()
-        mirrored[:, 0] = cam.intrinsics.width - mirrored[:, 0]
+        mirrored[:, 0] = cam.intrinsics.width - 1 - mirrored[:, 0]            # pixel i <-> width - 1 - i
         np.testing.assert_allclose(flipped.project(world[FLIP17] @ MIRROR), mirrored, atol=1e-3)
 
 
@@ -612,3 +613,83 @@ def test_one_ahead_keeps_order_and_raises_the_workers_error():
         for y in one_ahead(iter(range(6)), fn):
             got.append(y)
     assert got == [0, 10, 20]
+
+
+def _dot_shard(path: Path, size: int = 64, views: int = 2, frames: int = 3, clips: int = 6, sigma: float = 1.6,
+                  seed: int = 0) -> None:
+    """A shard whose crops are dark but for one bright Gaussian dot centred exactly on joint _LEFT_WRIST's stored
+    label (pixel centres at integer coordinates: pixel (i, j) is at x = j, y = i)."""
+    import tarfile
+
+    from h36m.h36m_tools.cameras import CAMERA_IDS
+    from h36m.pipelines.extract.crop import encode_jpeg
+    from h36m.pipelines.shards.sample import FORMAT, Clip, clip_key, encode_clip
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    joint = _LEFT_WRIST
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for c in range(clips):
+            pose2d = rng.uniform(10, size - 11, (views, frames, 17, 2)).astype(np.float32)
+            jpeg = []
+            for v in range(views):
+                row = []
+                for t in range(frames):
+                    x, y = pose2d[v, t, joint]
+                    dot = 255 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2))
+                    img = np.repeat(dot.round().astype(np.uint8)[..., None], 3, axis=2)
+                    row.append(encode_jpeg(img, quality=98))
+                jpeg.append(row)
+            cameras = [{"id": CAMERA_IDS[v], "fx": 1145.0, "fy": 1144.0, "cx": 512.0 - v, "cy": 515.0, "k1": 0.0,
+                        "k2": 0.0, "k3": 0.0, "p1": 0.0, "p2": 0.0, "width": 1000, "height": 1002,
+                        "R": np.eye(3).tolist(), "t": [0.0, 0.0, 5000.0]} for v in range(views)]
+            box = np.tile(np.array([300.0, 200.0, 300.0 + 2.5 * size, 200.0 + 2.5 * size], np.float32),
+                          (views, frames, 1))
+            meta = {"format": FORMAT, "subject": "S1", "sequence": "Directions 1", "action": "Directions",
+                    "cameras": [cam["id"] for cam in cameras], "frames": list(range(c * frames, (c + 1) * frames)),
+                    "real_frames": frames, "fps": 50.0, "crop_size": size}
+            clip = Clip(key=clip_key("S1", "Directions 1", c * frames), meta=meta, cameras=cameras,
+                        pose3d=np.zeros((frames, 17, 3), np.float32),
+                        pose3d_cam=np.zeros((views, frames, 17, 3), np.float32), pose2d=pose2d, box=box, jpeg=jpeg)
+            for ext, data in encode_clip(clip):
+                info = tarfile.TarInfo(f"{clip.key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+_LEFT_WRIST = 13        # a joint with a mirror partner: a flipped label must follow FLIP17
+
+
+def _dot_centre(img: np.ndarray) -> np.ndarray:
+    """Sub-pixel (x, y) of the one bright dot of a (3, H, W) crop: intensity-weighted centroid around its peak."""
+    g = img.astype(float).mean(axis=0)
+    i, j = np.unravel_index(np.argmax(g), g.shape)
+    win = g[max(i - 5, 0): i + 6, max(j - 5, 0): j + 6]
+    win = np.clip(win - 8.0, 0, None)                  # JPEG ringing in the dark background
+    ys, xs = np.mgrid[max(i - 5, 0): i + 6, max(j - 5, 0): j + 6]
+    return np.array([(xs * win).sum() / win.sum(), (ys * win).sum() / win.sum()])
+
+
+def test_labels_stay_on_their_pixels_in_flipped_and_plain_samples(tmp_path):
+    """A bright dot drawn at a joint's label is found under that label (< 0.25 px) after the real loader's decode,
+    whether the sample was flipped (the label then belongs to the mirrored joint) or not."""
+    from h36m.h36m_tools.skeleton import FLIP17
+
+    assert FLIP17[_LEFT_WRIST] != _LEFT_WRIST
+    _dot_shard(tmp_path / "dots-000000.tar")
+    seen = {False: 0, True: 0}
+    worst = 0.0
+    for seed in range(4):
+        loader = make_loader(LoaderConfig(str(tmp_path / "dots-000000.tar"), batch_size=2, workers=0, shuffle=0,
+                                          augment=True, seed=seed, equal_batches=False))
+        for batch in loader:
+            for b, meta in enumerate(batch["meta"]):
+                flipped = bool(meta.get("flipped"))
+                joint = FLIP17[_LEFT_WRIST] if flipped else _LEFT_WRIST
+                for v in range(int(batch["view_mask"][b].sum())):
+                    for t in range(batch["images"].shape[2]):
+                        found = _dot_centre(batch["images"][b, v, t].numpy())
+                        worst = max(worst, float(np.abs(found - batch["pose2d"][b, v, t, joint].numpy()).max()))
+                seen[flipped] += 1
+    assert seen[True] > 0 and seen[False] > 0, seen
+    assert worst < 0.25, f"a label is {worst:.2f} px off its dot"

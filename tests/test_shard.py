@@ -152,12 +152,12 @@ def test_killed_run_resumes_to_the_same_shards(extracted, shards, tmp_path):
     def kill(ev):
         if ev.shard:
             finished.append(ev.shard)
-        elif len(finished) == 2 and list(out.glob("*.tar.tmp")):
+        elif len(finished) == 2 and list(out.glob(".train-*.tar.*.tmp")):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         write_shards(cfg, on_progress=kill)
-    assert not (out / "train-index.json").exists() and not list(out.glob("*.tmp"))
+    assert not (out / "train-index.json").exists() and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     assert sorted(p.name for p in out.glob("train-*.tar")) == finished
     res = write_shards(cfg)
     assert res.resumed_shards == 2

@@ -30,7 +30,7 @@ import numpy as np
 
 from h36m.h36m_tools import metrics as M
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.names import ACTIONS, DAMAGED
+from h36m.h36m_tools.names import ACTIONS, DAMAGED, subject_order
 
 METHODS = ("Mean pose", "Lifter, GT 2-D", "Ours")
 METRICS_3D = ("MPJPE", "P-MPJPE", "N-MPJPE", "MPJVE")
@@ -159,7 +159,7 @@ def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], Non
         run=str(cfg.run), stage=stage, shards=urls, damaged_policy="excluded" if cfg.exclude_damaged else "included",
         damaged=[f"{s}/{q}" for s, q in DAMAGED], every=cfg.every, frames=int(sum(v.counted.sum() for v in views)),
         clips=len({(v.subject, v.sequence, int(v.frames[0])) for v in counted}),
-        subjects=sorted({v.subject for v in counted}, key=lambda s: int(s[1:])),
+        subjects=sorted({v.subject for v in counted}, key=subject_order),
         actions=[a for a in ACTIONS if any(v.action == a for v in counted)],
         rows3d=rows3d, rows2d=rows2d, oks_sigmas=[float(s) for s in M.OKS_SIGMAS17],
         seconds=time.perf_counter() - t0, clip_plots=plots)
@@ -287,7 +287,7 @@ def _frame_errors(views: list[ViewClip], pred_attr: str):
 def _row(method: str, metric: str, actions: np.ndarray, subjects: np.ndarray, err: np.ndarray) -> Row3D:
     per_action = {a: float(err[actions == a].mean()) if (actions == a).any() else math.nan for a in ACTIONS}
     present = [x for x in per_action.values() if not math.isnan(x)]
-    subj = {s: float(err[subjects == s].mean()) for s in sorted(set(subjects.tolist()), key=lambda s: int(s[1:]))}
+    subj = {s: float(err[subjects == s].mean()) for s in sorted(set(subjects.tolist()), key=subject_order)}
     return Row3D(method, metric, per_action, float(np.mean(present)) if present else math.nan,
                  float(err.mean()) if err.size else math.nan, subj)
 

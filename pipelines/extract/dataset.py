@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from h36m.h36m_tools.names import sequence_order
 from h36m.pipelines.files import atomic_path
 
 FORMAT = 1
@@ -152,6 +153,6 @@ def list_sequences(root: str | Path, subjects=None) -> list[Path]:
     if not manifest.is_file():
         raise FileNotFoundError(f"{root}: no manifest.json; is this the output of `h36m extract`?")
     entries = json.loads(manifest.read_text())["sequences"]
-    keys = sorted(entries, key=lambda k: (int(k.split("/")[0][1:]), k))
+    keys = sorted(entries, key=sequence_order)
     return [root / entries[k]["file"] for k in keys
             if subjects is None or k.split("/")[0] in subjects]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from h36m.pipelines.files import write_atomic
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.names import camera_order
+from h36m.h36m_tools.names import camera_order, sequence_order, subject_order
 
 FORMAT = 1
 LOCK_NAME = ".extract.lock"
@@ -93,11 +93,6 @@ def locked(out: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _key_order(key: str):
-    subject, _, name = key.partition("/")
-    return int(subject[1:]) if subject[1:].isdigit() else 10 ** 6, name
-
-
 def build_manifest(out: Path, source: str, options: dict) -> dict:
     """The manifest as a function of the records with these options (done data files must exist)."""
     sequences, skipped, failed = {}, {}, {}
@@ -111,7 +106,7 @@ def build_manifest(out: Path, source: str, options: dict) -> dict:
             skipped[rec["key"]] = rec["reason"]
         else:
             failed[rec["key"]] = rec["reason"]
-    order = lambda d: {k: d[k] for k in sorted(d, key=_key_order)}  # noqa: E731
+    order = lambda d: {k: d[k] for k in sorted(d, key=sequence_order)}  # noqa: E731
     return {"format": FORMAT, "source": source, "options": options, "sequences": order(sequences),
             "skipped": order(skipped), "failed": order(failed)}
 
@@ -133,7 +128,7 @@ def build_cameras(out: Path, options: dict) -> dict:
     pick = {c: json.loads(min(intr[c].items(), key=lambda kv: (-kv[1], kv[0]))[0]) for c in ids}
     return {"camera_ids": ids, "intrinsics": pick,
             "extrinsics": {s: {c: extr[s][c] for c in camera_order(extr[s])}
-                           for s in sorted(extr, key=lambda s: _key_order(s + "/"))}}
+                           for s in sorted(extr, key=subject_order)}}
 
 
 def rebuild(out: Path, source: str, options: dict) -> dict:

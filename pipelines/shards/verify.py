@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 
 from h36m.pipelines.files import sha256_file
-from h36m.pipelines.shards.sample import ARRAYS, FORMAT, MAX_VIEWS, clip_key, decode_images, decode_sample, iter_tar_samples
+from h36m.pipelines.shards.sample import (ARRAYS, FORMAT, MAX_VIEWS, clip_key, decode_images, decode_sample,
+                                          iter_tar_samples)
 from h36m.pipelines.shards.urls import index_for
 
 KEY_RE = re.compile(r"^S\d+/[^./\s]+/\d{6}$")

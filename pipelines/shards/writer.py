@@ -1,7 +1,7 @@
 """`h36m shard`: an extracted dataset -> WebDataset tar shards of synchronised multi-view clips (`shards.sample`).
 
-Writing is deterministic (fixed tar headers, sorted members, seeded clip shuffle), atomic (a temporary file + rename, index
-last) and resumable (a hidden journal lists the shards already written).
+Writing is deterministic (fixed tar headers, sorted members, seeded clip shuffle), atomic (a temporary file +
+rename, index last) and resumable (a hidden journal lists the shards already written).
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from h36m.pipelines.files import sha256_file, temporary_name, write_atomic
 from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.names import subject_order
+from h36m.pipelines.files import sha256_file, temporary_name, write_atomic
 from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, SHARD_RE, SPLITS, TAILS, Clip, _json, clip_key,
                                           encode_clip)
 
@@ -354,7 +355,7 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
     shards = [{k: e[k] for k in ("name", "samples", "bytes", "sha256")} for e in done]
     index = {"format": FORMAT, "split": cfg.split, "frames": cfg.frames, "stride": cfg.step, "tail": cfg.tail,
              "shuffle_seed": cfg.shuffle_seed, "subjects": sorted({Path(s).parent.name for s in sequences},
-                                                                  key=lambda s: int(s[1:])),
+                                                                  key=subject_order),
              "sequences": len(sequences), "samples": sum(e["samples"] for e in shards), "shards": shards}
     ipath = index_path(out, cfg.split)
     write_atomic(ipath, json.dumps(index, indent=1) + "\n")
