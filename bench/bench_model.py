@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from h36m.model import PRESETS, build_model  # noqa: E402
 
 PARTS = ("spatial", "relations", "head", "lifter")
