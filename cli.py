@@ -324,7 +324,7 @@ def _openmp_env():
 
 
 def _train_progress(console):
-    """A rich progress bar fed by pipelines.train.TrainEvent (loss, lr, images/s, share of time waiting for data)."""
+    """A rich progress bar fed by h36m.pipelines.train.loop.TrainEvent (loss, lr, images/s, share of time waiting for data)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -1,4 +1,4 @@
-"""Loader benchmark: crops/s of pipelines.loader against the JPEG decode limit and the usual baseline, one run.
+"""Loader benchmark: crops/s of h36m.pipelines.loader against the JPEG decode limit and the usual baseline, one run.
 
     .venv/bin/python bench/bench_loader.py [--release RAW] [--work bench/out/loader] [--noise 8] [--seconds 15] [--rounds 5]
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_train.py [--work /tmp/bench_train] [--steps 40]
 
 Baseline: forward + backward + AdamW step of the same network on a batch already in memory (uint8 images normalised
-the way the trainer does). Measured: `pipelines.train.train` on real shards (synth -> extract -> shard), read from
+the way the trainer does). Measured: `h36m.pipelines.train.loop.train` on real shards (synth -> extract -> shard), read from
 its metrics.jsonl (median over the steps after the first few). Ratio = trainer / bare (1.0 = no loop overhead);
 data_wait = the share of the step spent waiting for the loader. Both for the 2d and the lift stage.
 """

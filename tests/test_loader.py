@@ -1,4 +1,4 @@
-"""pipelines/loader.py on real shards of the synth -> extract -> shard chain: the batch contract, ranks and workers,
+"""pipelines/loader/ on real shards of the synth -> extract -> shard chain: the batch contract, ranks and workers,
 damaged shards, the flip, and URLs (brace patterns, globs, pipe:, http)."""
 from __future__ import annotations
 
@@ -328,6 +328,22 @@ def test_recycled_image_buffers_are_not_overwritten_while_referenced(shards, wor
     assert i + 1 == 20 and len(kept) == 10
     for key, view in kept:
         np.testing.assert_array_equal(view.numpy(), ref[key])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_without_the_pool_the_batches_are_the_same(shards, workers):
+    """`pool=False` (a fresh buffer every message, here a batch) yields the same batches as the pool."""
+    def batches(pool):
+        loader = make_loader(LoaderConfig(_urls(shards), batch_size=2, workers=workers, equal_batches=False, seed=1,
+                                          prefetch=1, message_crops=1, pool=pool))
+        out = [(b["key"], b["images"].clone(), b["pose2d"].clone()) for b in loader]
+        return out, loader.stats
+
+    (pooled, pstats), (fresh, fstats) = batches(True), batches(False)
+    assert [k for k, _, _ in pooled] == [k for k, _, _ in fresh] and len(fresh) > 3
+    for (_, ia, pa), (_, ib, pb) in zip(pooled, fresh):
+        assert np.array_equal(ia.numpy(), ib.numpy()) and np.array_equal(pa.numpy(), pb.numpy())
+    assert fstats.buffers == len(fresh) and pstats.samples == fstats.samples
 
 
 @pytest.mark.parametrize("workers", [0, 2])

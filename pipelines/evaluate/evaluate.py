@@ -144,7 +144,7 @@ def is_damaged(subject: str, sequence: str) -> bool:
 
 def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], None]] = None) -> EvalReport:
     """Run the network of cfg.run over the test shards and compute every metric; writes nothing (see
-    pipelines.report.write_report). Raises H36MError for a missing / bad checkpoint or unreadable shards."""
+    evaluate.report.write_report). Raises H36MError for a missing / bad checkpoint or unreadable shards."""
     if cfg.every < 1:
         raise ValueError(f"--every must be >= 1, got {cfg.every}")
     t0 = time.perf_counter()

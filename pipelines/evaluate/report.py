@@ -4,7 +4,7 @@ Files written by `write_report(report, out)` (each atomically):
     results.json   everything: settings (damaged-sequence policy, frame sampling, OKS sigmas), 3-D rows, 2-D rows
     results.csv    one line per (table, method, metric): table, method, metric, 15 actions, Avg, All, S9, S11, ...
     results.md     the tables in Markdown, with the settings above them
-    plots/         per_action.png, pck.png, clip_*.png (pipelines.plots)
+    plots/         per_action.png, pck.png, clip_*.png (evaluate.plots)
 """
 from __future__ import annotations
 

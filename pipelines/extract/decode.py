@@ -1,7 +1,7 @@
 """Decoding a video front to back to planar YUV 4:2:0 through one ffmpeg process (ffmpeg-python).
 
 Half the bytes of BGR through the pipe and no full-frame colour conversion: `h36m extract` only converts the crops
-(`pipelines.crop`). Uses `h36m_tools.video.ffmpeg_binary()` (PATH, else imageio-ffmpeg's).
+(`extract.crop`). Uses `h36m_tools.video.ffmpeg_binary()` (PATH, else imageio-ffmpeg's).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def iter_yuv420(path: str | Path, info: VideoInfo | None = None, threads: int = 
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield each frame as (y (H, W), u (ceil(H/2), ceil(W/2)), v (same)) uint8 planes, in frame order.
 
-    `window` (`pipelines.crop.decode_windows`) has ffmpeg cut a moving w x h window out of every frame first (far
+    `window` (`crop.decode_windows`) has ffmpeg cut a moving w x h window out of every frame first (far
     fewer bytes through the pipe: piping whole 1000 x 1000 frames costs about half as much CPU as decoding them);
     the planes are then the window's, at (window.x[t], window.y[t]) of frame t. They are views into one buffer
     reused for the next frame: copy what you keep. Raises H36MError naming the file if ffmpeg reports a decoding

@@ -1,10 +1,10 @@
-"""`h36m extract`: a release (real or `h36m synth`) -> an extracted dataset (`pipelines.extracted` format).
+"""`h36m extract`: a release (real or `h36m synth`) -> an extracted dataset (`extract.dataset` format).
 
 Per sequence, in one worker process: read and check the poses (D3_Positions; D3_Positions_mono and D2_Positions when
 present), probe the 4 videos, then decode each video once, front to back (one ffmpeg decoder at a time), cutting the
 person's square crop out of every frame and JPEG-encoding it once. Rows are synchronised by index (pose row i = video
 frame i of every camera), trimmed to the shortest of the videos and pose files. The data file and then its record
-are written atomically; `pipelines.extract_store` rebuilds manifest.json and cameras.json from the records.
+are written atomically; `extract.store` rebuilds manifest.json and cameras.json from the records.
 
 Outcomes per sequence: 'done'; 'skipped' (an expected gap of the release: a camera missing, unreadable or truncated
 leaves fewer than `min_views` cameras, or no poses); 'failed' (bad input: a damaged CDF, poses that disagree with

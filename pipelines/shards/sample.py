@@ -77,13 +77,13 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _json(obj) -> bytes:
+def json_bytes(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 def encode_clip(clip: Clip) -> list[tuple[str, bytes]]:
     """The tar members of a clip, `(extension, bytes)` sorted by extension (the order they are written in)."""
-    members = {"meta.json": _json(clip.meta), "cameras.json": _json(clip.cameras)}
+    members = {"meta.json": json_bytes(clip.meta), "cameras.json": json_bytes(clip.cameras)}
     for name in ARRAYS:
         members[f"{name}.npy"] = _npy(getattr(clip, name))
     for v, frames in enumerate(clip.jpeg):
@@ -166,7 +166,8 @@ def jpeg_names(views: int, frames: int) -> tuple[tuple[str, ...], ...]:
 def decode_jpeg(data: bytes, name: str, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """One crop's JPEG bytes -> (size, size, 3) uint8 RGB, decoded straight into `out` (a C-contiguous (size, size, 3)
     uint8 array) when given; ValueError naming the member `name` if the bytes do not decode, or decode to another
-    size. libjpeg-turbo through simplejpeg: the same pixels as cv2.imdecode, about 20 % faster, and no temporary."""
+    size. libjpeg-turbo through simplejpeg: the same pixels as cv2.imdecode, faster (bench/RESULTS_loader.md), and no
+    temporary."""
     import simplejpeg
 
     try:

@@ -20,7 +20,7 @@ import numpy as np
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import subject_order
 from h36m.pipelines.files import sha256_file, temporary_name, write_atomic
-from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, SHARD_RE, SPLITS, TAILS, Clip, _json, clip_key,
+from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, SHARD_RE, SPLITS, TAILS, Clip, json_bytes, clip_key,
                                           encode_clip)
 
 # ----------------------------------------------------------------------------------------- tar writing
@@ -281,7 +281,7 @@ def index_path(out: str | Path, split: str) -> Path:
 
 
 def _fingerprint(cfg: ShardConfig, sequences: list[str]) -> str:
-    h = hashlib.sha256(_json({"format": FORMAT, "frames": cfg.frames, "stride": cfg.step, "tail": cfg.tail,
+    h = hashlib.sha256(json_bytes({"format": FORMAT, "frames": cfg.frames, "stride": cfg.step, "tail": cfg.tail,
                               "seed": cfg.shuffle_seed, "mb": cfg.shard_mb, "split": cfg.split,
                               "subjects": list(cfg.chosen_subjects)}))
     for s in sequences:

@@ -7,7 +7,7 @@ A checkpoint is a dict of plain values and tensors only (no pickled classes), so
     step        optimiser steps done;  epoch: current epoch;  epoch_step: steps done within it
     rng         RNG states (torch CPU, CUDA, numpy, python) as tensors and lists
     config      the resolved TrainConfig and ModelConfig as plain dicts
-    stats       running sums for the mean-pose baseline (see pipelines.train.PoseStats)
+    stats       running sums for the mean-pose baseline (see train.pose_stats.PoseStats)
     done        True once the run finished all its epochs
 """
 from __future__ import annotations

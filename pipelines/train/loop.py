@@ -11,7 +11,7 @@ joints (loss: MPJPE in metres); `joint` fine-tunes everything end to end (2-D lo
 
 Run folder:
     config.toml, config.json   the resolved TrainConfig and ModelConfig
-    checkpoint.pt              latest checkpoint (pipelines.checkpoint), written atomically
+    checkpoint.pt              latest checkpoint (train.checkpoint), written atomically
     metrics.jsonl              one JSON line per logged step (rank 0; loss averaged over ranks)
     ranks/rank-<r>.jsonl       per-rank step log (several processes only)
     tb/                        TensorBoard events
