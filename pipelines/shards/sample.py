@@ -78,6 +78,7 @@ def _npy(a: np.ndarray) -> bytes:
 
 
 def json_bytes(obj) -> bytes:
+    """Canonical compact JSON (sorted keys): equal content gives equal bytes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 

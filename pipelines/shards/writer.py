@@ -20,8 +20,8 @@ import numpy as np
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import subject_order
 from h36m.pipelines.files import sha256_file, temporary_name, write_atomic
-from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, SHARD_RE, SPLITS, TAILS, Clip, json_bytes, clip_key,
-                                          encode_clip)
+from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, SHARD_RE, SPLITS, TAILS, Clip, clip_key,
+                                          encode_clip, json_bytes)
 
 # ----------------------------------------------------------------------------------------- tar writing
 
