@@ -45,7 +45,8 @@ def bone_lengths(joints: np.ndarray, parents: np.ndarray = PARENTS17) -> np.ndar
 
 
 def flip_joints(joints2d: np.ndarray, width: float) -> np.ndarray:
-    """Mirror (..., 17, 2) pixel joints about the vertical axis of an image `width` px wide, swapping sides."""
+    """Mirror (..., 17, 2) pixel joints about the vertical axis of an image `width` px wide (pixel centres at
+    integer coordinates: x -> width - 1 - x, as cv2.flip moves pixels), swapping sides."""
     out = joints2d[..., FLIP17, :].copy()
-    out[..., 0] = width - out[..., 0]
+    out[..., 0] = width - 1 - out[..., 0]
     return out

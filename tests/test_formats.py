@@ -26,6 +26,7 @@ def test_skeleton_tables_are_consistent():
     assert (skeleton.FLIP17[skeleton.FLIP17] == np.arange(17)).all()
     pose = np.random.default_rng(0).uniform(0, 100, (17, 2))
     assert np.allclose(skeleton.flip_joints(skeleton.flip_joints(pose, 64), 64), pose)
+    assert np.allclose(skeleton.flip_joints(pose, 64)[..., skeleton.FLIP17, 0], 63 - pose[..., 0])   # pixel i <-> 63 - i
 
 
 def test_canonical_actions_and_names():
