@@ -342,6 +342,8 @@ def _train_progress(console):
             progress.update(state["task"], completed=e.step, description=f"epoch {e.epoch + 1}/{e.epochs}",
                             loss=f"{e.loss:.4f}", lr=f"{e.lr:.2e}", ips=f"{e.images_per_s:.0f}",
                             wait=f"{e.data_wait:.0%}")
+        elif e.kind == "note":
+            console.print(e.message, soft_wrap=True, markup=False)
         elif e.kind in ("end", "interrupted"):
             progress.stop()
             head = "[yellow]interrupted[/]: " if e.kind == "interrupted" else "[green]train[/]: "
@@ -371,9 +373,17 @@ def _train_progress(console):
 @click.option("--checkpoint-every", type=click.IntRange(0), help="Steps between checkpoints (and every epoch end).")
 @device_option()
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the training step.")
+@click.option("--pretrained-spatial", type=click.Path(dir_okay=False),
+              help="Local timm Swin checkpoint (e.g. swin_tiny_patch4_window7_224's) for the spatial module.")
+@click.option("--pretrained-relations", type=click.Path(dir_okay=False),
+              help="Local timm ViT checkpoint (e.g. vit_base_patch16_224's) for the relation blocks.")
+@click.option("--affine", type=click.Choice(["mmpose", "mild", "off"]),
+              help="Random crop transform of the 2d stage [default: the preset's recipe: paper mmpose, tiny mild].")
+@click.option("--no-augment", "no_augment", is_flag=True, default=None, help="No flip and no crop transform.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out at its last checkpoint.")
 def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, batch_size, lr, grad_accum, workers,
-          seed, max_steps, checkpoint_every, device, compile_, resume):
+          seed, max_steps, checkpoint_every, device, compile_, pretrained_spatial, pretrained_relations, affine,
+          no_augment, resume):
     """Train the pose network (one stage) on shards; several processes through torchrun.
 
     \b
@@ -398,7 +408,9 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
             cfg = build_config(config_file, shards=shards, out=str(out), preset=preset, stage=stage, init=init,
                                lift_inputs=lift_inputs, epochs=epochs, batch_size=batch_size, lr=lr,
                                grad_accum=grad_accum, workers=workers, seed=seed, max_steps=max_steps,
-                               checkpoint_every=checkpoint_every, device=device, compile=compile_)
+                               checkpoint_every=checkpoint_every, device=device, compile=compile_,
+                               pretrained_spatial=pretrained_spatial, pretrained_relations=pretrained_relations,
+                               affine=affine, augment=False if no_augment else None)
             result = T.train(cfg, on_progress=None if quiet else on_event)
     if not quiet:
         state = "complete" if result.done else "stopped (continue with --resume)"
@@ -421,10 +433,12 @@ def _print_report(console, report):
 
 
 @main.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
-              help="Run folder (or checkpoint file) of h36m train.")
+@click.option("--run", "run_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Run folder (or checkpoint file) of h36m train; repeat it to compare runs (Table I / III).")
 @click.option("--shards", required=True, help="Test shard URLs (S9/S11), e.g. 'SH/test-*.tar'.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Report folder [default: RUN/eval].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder [default: RUN/eval]; with several runs, the comparison's folder [default: "
+                   "eval-compare] (each run's own report still goes to RUN/eval).")
 @click.option("--exclude-damaged", is_flag=True, help="Leave out the test sequences with damaged ground truth "
               "(S9 Greeting, SittingDown 1, Waiting 1).")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(1), help="Count every N-th frame only.")
@@ -432,19 +446,35 @@ def _print_report(console, report):
 @workers_option(2, "Loader processes.", low=0)
 @device_option("auto")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
-def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, device, no_plots):
-    """Evaluate a run on test shards: 2-D PCK/AP/AR and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action, with a
-    mean-pose baseline; prints Table-II-like tables, writes results.json/.csv/.md and plots."""
+def evaluate(run_dirs, shards, out, exclude_damaged, every, batch_size, workers, device, no_plots):
+    """Evaluate runs on test shards: Table I (2-D OKS AP/AR, PCK, MSE, time per epoch) and Table II (3-D MPJPE,
+    P-MPJPE, N-MPJPE, MPJVE per action) with a mean-pose baseline; writes results.json/.csv/.md and plots per run.
+    Several --run: each run's report, then one table with a row per run (Table I / III), compare.md/.csv."""
     _openmp_env()
+    from h36m.pipelines.evaluate.report import compare_table, write_comparison
+
+    console = _console()
+    several = len(run_dirs) > 1
+    reports = [_evaluate_run(console, run, shards, None if several else out, exclude_damaged, every, batch_size,
+                             workers, device, no_plots, quiet=several) for run in run_dirs]
+    if several:
+        console.print(compare_table(reports))
+        files = write_comparison(reports, out or Path("eval-compare"))
+        console.print(f"comparison: {', '.join(files)}", soft_wrap=True, markup=False)
+
+
+def _evaluate_run(console, run_dir, shards, out, exclude_damaged, every, batch_size, workers, device, no_plots,
+                  quiet: bool):
+    """One run's evaluation with its progress bar; prints its tables unless `quiet`; returns the report."""
     from h36m.pipelines.evaluate.evaluate import EvalConfig, default_out
     from h36m.pipelines.evaluate.evaluate import evaluate as run_eval
     from h36m.pipelines.evaluate.report import write_report
 
-    console = _console()
     cfg = EvalConfig(run=str(run_dir), shards=shards, out=str(out) if out else None, exclude_damaged=exclude_damaged,
                      every=every, batch_size=batch_size, workers=workers, device=device, plots=not no_plots)
     progress = _progress(console)
-    task = progress.add_task("test clips", total=None, start=False)
+    task = progress.add_task(f"test clips ({_lit(Path(run_dir).name)})" if quiet else "test clips", total=None,
+                             start=False)
 
     def on_progress(e):  # the bar appears with the first batch (not before a bad --run is reported)
         if not progress.live.is_started:
@@ -457,7 +487,11 @@ def evaluate(run_dir, shards, out, exclude_damaged, every, batch_size, workers, 
     finally:
         progress.stop()
     write_report(report, default_out(cfg), plots=cfg.plots)
-    _print_report(console, report)
+    if quiet:
+        console.print(f"{run_dir}: report in {default_out(cfg)}", soft_wrap=True, markup=False)
+    else:
+        _print_report(console, report)
+    return report
 
 
 @main.command()

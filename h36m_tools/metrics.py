@@ -15,8 +15,10 @@ Reference definitions (the ones published H36M tables use; cf. VideoPose3D `comm
   - MPJVE: mean Euclidean norm of the difference of the first derivatives (finite differences along the frame
     axis N) of prediction and truth, in mm per frame; VideoPose3D `mean_velocity_error`. Frames must be
     consecutive frames of one sequence.
-  - PCK@a: share of joints whose 2-D error is at most a * norm (norm per frame, e.g. the box's max side).
-  - OKS AP/AR: COCO keypoint AP/AR (pycocotools), with the per-joint sigmas of `OKS_SIGMAS17`.
+  - PCK@a: share of joints whose 2-D error is at most a * norm (norm per frame, e.g. the crop's side).
+  - OKS: COCO's object keypoint similarity, mean over joints of exp(-d^2 / (2 area (2 sigma_j)^2)), with the person's
+    area from the tight box of its true joints (`tight_boxes`; COCO uses the segment area, H36M has none);
+    AP/AR: COCO keypoint AP/AR over OKS thresholds 0.50:0.05:0.95 (pycocotools), sigmas `OKS_SIGMAS17`.
 """
 from __future__ import annotations
 
@@ -160,12 +162,27 @@ def box_max_side(boxes) -> np.ndarray:
     return np.maximum(b[..., 2] - b[..., 0], b[..., 3] - b[..., 1])
 
 
-def oks_ap_ar(pred, gt, boxes, sigmas=OKS_SIGMAS17, scores=None) -> tuple[float, float]:
-    """COCO keypoint AP and AR (OKS, IoU thresholds 0.50:0.95) through pycocotools, one person per image.
+def tight_boxes(joints) -> np.ndarray:
+    """(N, J, 2) px -> (N, 4) x0, y0, x1, y1: the tight box of each frame's joints."""
+    j = _np(joints)
+    return np.concatenate([j.min(axis=-2), j.max(axis=-2)], axis=-1)
 
-    pred, gt (N, J, 2) px; boxes (N, 4) x0, y0, x1, y1 px (the true person box; its area is the OKS scale, as
-    COCO uses the segment area); sigmas (J,); scores (N,) detection confidences (default 1). Returns (AP, AR),
-    each in [0, 1].
+
+def oks_frames(pred, gt, areas, sigmas=OKS_SIGMAS17) -> np.ndarray:
+    """(N, J, 2) px, (N, J, 2) px, (N,) px^2 person areas -> (N,) OKS in [0, 1] (all joints visible):
+    mean_j exp(-d_j^2 / (2 area k_j^2)), k_j = 2 sigma_j, as pycocotools computes it."""
+    p, g = _pair(pred, gt, 2)
+    d2 = ((p - g) ** 2).sum(-1)
+    k2 = (2 * _np(sigmas).reshape(1, -1)) ** 2
+    a = _np(areas).reshape(-1, 1)
+    return np.exp(-d2 / (2 * np.maximum(a, np.spacing(1)) * k2)).mean(axis=-1)
+
+
+def oks_ap_ar(pred, gt, boxes, sigmas=OKS_SIGMAS17, scores=None) -> tuple[float, float]:
+    """COCO keypoint AP and AR (OKS thresholds 0.50:0.95) through pycocotools, one person per image.
+
+    pred, gt (N, J, 2) px; boxes (N, 4) x0, y0, x1, y1 px: the person box whose area is the OKS scale (Table I:
+    `tight_boxes(gt)`); sigmas (J,); scores (N,) detection confidences (default 1). Returns (AP, AR) in [0, 1].
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval

@@ -27,6 +27,12 @@ RIGHT17 = np.array([1, 2, 3, 14, 15, 16])
 FLIP17 = np.arange(17)
 FLIP17[LEFT17], FLIP17[RIGHT17] = RIGHT17, LEFT17
 
+#: Left and right joints of the 32 (legs 6-10 / 1-5, arms 16-23 / 24-31) and the permutation that swaps them.
+LEFT32 = np.array([6, 7, 8, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23])
+RIGHT32 = np.array([1, 2, 3, 4, 5, 24, 25, 26, 27, 28, 29, 30, 31])
+FLIP32 = np.arange(32)
+FLIP32[LEFT32], FLIP32[RIGHT32] = RIGHT32, LEFT32
+
 #: (child, parent) pairs of the 17-joint skeleton, for drawing and bone lengths.
 BONES17 = tuple((j, int(p)) for j, p in enumerate(PARENTS17) if p >= 0)
 

@@ -9,13 +9,15 @@ from .config import (IMAGENET_MEAN, IMAGENET_STD, PRESETS, HeadConfig, LifterCon
 from .head import MEAN_POSE_2D, JointHead
 from .lifter import PoseFormer
 from .preprocess import normalise_images
-from .network import ModelOutput, PoseNetwork, build_model, load_pretrained_spatial
+from .network import (ModelOutput, PoseNetwork, build_model, load_pretrained_relations, load_pretrained_spatial,
+                      read_checkpoint_state)
 from .relations import ImageRelations
 from .spatial import SpatialEncoder, SpatialFeatures
 
 __all__ = [
     "PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "normalise_images", "ModelConfig", "SpatialConfig",
     "RelationsConfig", "HeadConfig", "LifterConfig",
-    "PoseNetwork", "ModelOutput", "build_model", "load_pretrained_spatial",
+    "PoseNetwork", "ModelOutput", "build_model", "load_pretrained_spatial", "load_pretrained_relations",
+    "read_checkpoint_state",
     "SpatialEncoder", "SpatialFeatures", "ImageRelations", "JointHead", "MEAN_POSE_2D", "PoseFormer",
 ]

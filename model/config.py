@@ -17,6 +17,11 @@ paper_f8, paper_f32, paper_f128
            three settings; `paper` is `paper_f128`).
 paper_rf9, paper_rf27
            `paper` with a PoseFormer receptive field of 9 / 27 frames.
+paper_baseline
+           `paper` without the image-relations module (Table I's "Baseline": Swin + 2-D head per image).
+paper_no_time, paper_no_3d
+           ablations: `paper` without the temporal part (no E_time, no time blocks) or without the 3-D part
+           (no E_3D, no cross-view blocks).
 """
 from __future__ import annotations
 
@@ -67,7 +72,10 @@ class SpatialConfig:
 
 @dataclass(frozen=True)
 class RelationsConfig:
-    """Image-relations transformer over the image tokens of a clip (temporal part, then 3-D part)."""
+    """Image-relations transformer over the image tokens of a clip (temporal part, then 3-D part).
+
+    `enabled` is False when both parts have no blocks and no embedding (`paper_baseline`): the network then has no
+    relations module and each image's token goes straight to the head."""
     depth_time: int = 2
     depth_views: int = 2
     num_heads: int = 12
@@ -77,6 +85,10 @@ class RelationsConfig:
     use_time_embedding: bool = True
     use_view_embedding: bool = True
     drop_path_rate: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.depth_time or self.depth_views or self.use_time_embedding or self.use_view_embedding)
 
 
 @dataclass(frozen=True)
@@ -164,9 +176,11 @@ def _tiny() -> ModelConfig:
     )
 
 
-def _paper(max_frames: int = 128, receptive_field: int = 81, name: str = "paper") -> ModelConfig:
-    return ModelConfig(relations=RelationsConfig(max_frames=max_frames),
-                       lifter=LifterConfig(receptive_field=receptive_field), name=name)
+def _paper(max_frames: int = 128, receptive_field: int = 81, name: str = "paper", time: bool = True,
+           views: bool = True) -> ModelConfig:
+    relations = RelationsConfig(max_frames=max_frames, depth_time=2 if time else 0, depth_views=2 if views else 0,
+                                use_time_embedding=time, use_view_embedding=views)
+    return ModelConfig(relations=relations, lifter=LifterConfig(receptive_field=receptive_field), name=name)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -177,6 +191,9 @@ PRESETS: dict[str, ModelConfig] = {
     "paper_f128": _paper(max_frames=128, name="paper_f128"),
     "paper_rf9": _paper(receptive_field=9, name="paper_rf9"),
     "paper_rf27": _paper(receptive_field=27, name="paper_rf27"),
+    "paper_baseline": _paper(time=False, views=False, name="paper_baseline"),
+    "paper_no_time": _paper(time=False, name="paper_no_time"),
+    "paper_no_3d": _paper(views=False, name="paper_no_3d"),
 }
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD",

@@ -38,6 +38,9 @@ MEAN_POSE_2D = (
 class JointHead(nn.Module):
     """Soft-argmax joint head with a residual offset. See the module doc for shapes and the maths."""
 
+    #: Parameters exempt from weight decay (timm's convention): the joint queries and the mean-pose prior.
+    NO_WEIGHT_DECAY = ("queries", "prior")
+
     def __init__(self, cfg: HeadConfig, in_dim: int, grid_size: int):
         super().__init__()
         self.cfg = cfg

@@ -29,6 +29,9 @@ from .transformer import Block, init_weights, run_blocks
 class PoseFormer(nn.Module):
     """(N, T, J, 2) in [-1, 1] -> (N, T, J, 3) if seq2seq else (N, 1, J, 3); mm, root-relative."""
 
+    #: Parameters exempt from weight decay (timm's convention): the position tables.
+    NO_WEIGHT_DECAY = ("joint_pos", "frame_pos")
+
     def __init__(self, cfg: LifterConfig):
         super().__init__()
         if cfg.receptive_field < 1 or cfg.receptive_field % 2 == 0:

@@ -8,7 +8,12 @@
 
 view_mask (B, V) bool, True = view present: missing views' images are not run through the spatial
 module (their features are zero), no present view attends to them, and their outputs are meaningless
-(mask them out of the loss).
+(mask them out of the loss). view_index (B, V) long: each view's camera position in the rig (picks its E_3D;
+see relations.py); default: view v is camera v. Without a relations module (`paper_baseline`) each image's pooled
+token goes to the head as it is.
+
+Pretrained starts (local files only, never downloaded): `load_pretrained_spatial` (a timm Swin checkpoint) and
+`load_pretrained_relations` (a timm ViT checkpoint, for the relation blocks).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from timm.models.swin_transformer import checkpoint_filter_fn
 from .config import ModelConfig
 from .head import JointHead
 from .lifter import PoseFormer
-from .relations import ImageRelations
+from .relations import ImageRelations, load_vit_blocks
 from .spatial import SpatialEncoder, SpatialFeatures
 
 
@@ -42,7 +47,7 @@ class PoseNetwork(nn.Module):
         self.cfg = cfg
         self.spatial = SpatialEncoder(cfg.spatial)
         dim = self.spatial.num_features
-        self.relations = ImageRelations(cfg.relations, dim)
+        self.relations = ImageRelations(cfg.relations, dim) if cfg.relations.enabled else None
         self.head = JointHead(cfg.head, dim, cfg.spatial.grid_sizes()[-1])
         self.lifter = PoseFormer(cfg.lifter)
         self.set_grad_checkpointing(cfg.grad_checkpointing)
@@ -50,10 +55,21 @@ class PoseNetwork(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward pass (Swin stages, relation and lifter blocks)."""
         self.spatial.set_grad_checkpointing(enable)
-        self.relations.grad_checkpointing = enable
+        if self.relations is not None:
+            self.relations.grad_checkpointing = enable
         self.lifter.grad_checkpointing = enable
 
-    def forward(self, images: torch.Tensor, view_mask: Optional[torch.Tensor] = None) -> ModelOutput:
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters AdamW must not decay beyond biases and norms (timm's convention): the learned
+        embeddings and position tables."""
+        names = set()
+        for prefix, module in (("relations.", self.relations), ("head.", self.head), ("lifter.", self.lifter)):
+            for n in getattr(module, "NO_WEIGHT_DECAY", ()):
+                names.add(prefix + n)
+        return names
+
+    def forward(self, images: torch.Tensor, view_mask: Optional[torch.Tensor] = None,
+                view_index: Optional[torch.Tensor] = None) -> ModelOutput:
         if images.ndim != 6:
             raise ValueError(f"expected images (B, V, F, 3, H, W), got shape {tuple(images.shape)}")
         b, v, f = images.shape[:3]
@@ -66,7 +82,11 @@ class PoseNetwork(nn.Module):
             view_mask = view_mask.to(device=images.device, dtype=torch.bool)
         feats = self._spatial(images.flatten(0, 2), view_mask, b, v, f)
         c = feats.pooled.shape[-1]
-        tokens = self.relations(feats.pooled.reshape(b, v, f, c), view_mask)
+        tokens = feats.pooled.reshape(b, v, f, c)
+        if self.relations is not None:
+            if view_index is not None:
+                view_index = view_index.to(device=images.device, dtype=torch.long)
+            tokens = self.relations(tokens, view_mask, view_index)
         joints2d = self.head(feats.grid, feats.keep, tokens.reshape(-1, c)).reshape(b, v, f, -1, 2)
         joints3d = None
         if self.cfg.lift:
@@ -109,28 +129,54 @@ def build_model(cfg: ModelConfig) -> PoseNetwork:
     return PoseNetwork(cfg)
 
 
-def load_pretrained_spatial(model: PoseNetwork, path: Union[str, os.PathLike]) -> list[str]:
-    """Load a local timm Swin checkpoint (e.g. swin_tiny_patch4_window7_224's) into `model.spatial.swin`.
-
-    Read with torch.load(weights_only=True); 'model' / 'state_dict' wrappers and 'module.' prefixes are
-    unwrapped, timm's checkpoint_filter_fn converts original-Microsoft layouts and resizes relative
-    position tables / patch embeddings, the classifier is dropped. Raises ValueError when a Swin
-    weight is missing or has the wrong shape; returns the checkpoint keys left unused.
-    Never downloads anything.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def read_checkpoint_state(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+    """The tensors of a local checkpoint file (torch.load with weights_only=True: nothing is unpickled but tensors
+    and plain containers); 'model' / 'state_dict' wrappers and 'module.' prefixes unwrapped. Raises ValueError naming
+    the file when it cannot be read (missing, truncated, not a torch file) or holds no tensors."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: checkpoint not found") from None
+    except Exception as e:      # a truncated zip, a pickle of something else, random bytes
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: holds no weights (expected a state dict of tensors)")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()
+            if isinstance(v, torch.Tensor)}
+
+
+def load_pretrained_spatial(model: PoseNetwork, path: Union[str, os.PathLike]) -> list[str]:
+    """Load a local timm Swin checkpoint (e.g. swin_tiny_patch4_window7_224's) into `model.spatial.swin`.
+
+    timm's checkpoint_filter_fn converts original-Microsoft layouts and resizes relative position tables / patch
+    embeddings, the classifier is dropped. Raises ValueError naming the file when it cannot be read or a Swin weight
+    is missing or has the wrong shape; returns the checkpoint keys left unused. Never downloads anything.
+    """
+    state = read_checkpoint_state(path)
     swin = model.spatial.swin
-    state = checkpoint_filter_fn(state, swin)
+    try:
+        state = checkpoint_filter_fn(state, swin)
+    except Exception as e:      # timm's resizing of a table that does not fit this config
+        raise ValueError(f"{path}: not a Swin checkpoint for this config ({type(e).__name__}: {str(e)[:120]})") \
+            from None
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     own = swin.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or wrong:
-        raise ValueError(f"{path} is not a Swin checkpoint for this config: missing {missing[:3]}, "
+        raise ValueError(f"{path}: not a Swin checkpoint for this config: missing {missing[:3]}, "
                          f"wrong shape {wrong[:3]}")
     swin.load_state_dict({k: state[k] for k in own})
     return [k for k in state if k not in own]
+
+
+def load_pretrained_relations(model: PoseNetwork, path: Union[str, os.PathLike]) -> tuple[list[str], list[str]]:
+    """Initialise the image-relations blocks from a local timm ViT checkpoint (e.g. vit_base_patch16_224's: width
+    768 and 12 heads like `paper`'s relations); see `relations.load_vit_blocks` for which block goes where. Returns
+    (the parameters loaded, the checkpoint keys left unused); ValueError naming the file on a mismatch."""
+    if model.relations is None:
+        raise ValueError(f"{path}: this network ({model.cfg.name or 'config'}) has no relations module to load into")
+    return load_vit_blocks(model.relations, read_checkpoint_state(path), str(path))

@@ -43,8 +43,8 @@ class DemoConfig:
     lr_lift: float = 2e-3
     lift_noise: float = 0.03                # 2-D noise for the lifter ~ the tiny 2-D network's test error
     workers: int = 1                        # loader processes (the other core computes)
-    augment: bool = False                   # no flips: the synthetic people's left and right limbs differ in colour,
-                                            # so a mirrored image would teach left/right from the wrong colour
+    augment: bool = True                    # the default augmentation (the clip flip and the tiny recipe's crop
+                                            # transform): the synthetic people mirror like real ones
     seed: int = 0
 
 

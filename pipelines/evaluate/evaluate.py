@@ -11,9 +11,11 @@ all cameras; frames covered by several overlapping clips counted once; padded fr
       Ours           the run's 2-D network, then its lifter on the predicted 2-D joints
     per canonical action (frames pooled over subactions and subjects), "Avg" = the unweighted mean of the action
     errors (the published tables' convention), "All" = the mean over all frames, and per subject.
-  * 2-D, in full-frame pixels: PCK@0.05/0.1/0.2 (threshold x the crop box's longer side), mean error, MSE (px^2),
-    COCO OKS AP/AR (pycocotools; sigmas h36m_tools.metrics.OKS_SIGMAS17), for the network and the mean 2-D pose of
-    the training set placed in each crop (baseline).
+  * 2-D, the paper's Table I: OKS AP and AR (pycocotools; the person area from the tight box of the 17 true
+    joints; sigmas h36m_tools.metrics.OKS_SIGMAS17), PCK@0.05/0.1/0.2 (threshold x the crop side), MSE: the mean
+    squared coordinate error in the network's input crop pixels (224 for `paper`), and the mean error and MSE in
+    full-frame pixels; for the network and for the mean 2-D pose of the training set placed in each crop
+    (baseline). With them, the run's training time per epoch (`train.loop.read_metrics(run, "epoch")`).
   * `every` N: only frames whose source index is a multiple of N count (the network still sees whole clips);
     MPJVE uses the velocity from the previous frame to each counted frame.
   * `exclude_damaged`: drop the sequences of h36m_tools.names.DAMAGED; the report names the policy either way.
@@ -94,12 +96,15 @@ class Row3D:
 
 @dataclass
 class Row2D:
+    """Table I's metrics for one method (see the module doc)."""
     method: str
-    pck: dict[str, float]       # 'PCK@0.05' ... -> share of joints in [0, 1]
-    mean_px: float
-    mse_px2: float
-    ap: float
+    pck: dict[str, float]       # 'PCK@0.05' ... -> share of joints in [0, 1], threshold x the crop side
+    mean_px: float              # mean joint error, full-frame px
+    mse_px2: float              # mean squared coordinate error, full-frame px^2
+    ap: float                   # OKS AP, area from the tight box of the true joints
     ar: float
+    mean_input_px: float = math.nan      # mean joint error in network-input px
+    mse_input_px2: float = math.nan      # mean squared coordinate error in network-input px^2 (the paper's MSE)
     curve: list[float] = field(default_factory=list)   # PCK at CURVE_THRESHOLDS
 
 
@@ -130,6 +135,12 @@ class EvalReport:
     rows2d: list[Row2D]
     oks_sigmas: list[float]
     seconds: float
+    model: str = ""             # the run's model preset (its config's name)
+    input_size: int = 0         # the network's input crop side, px (Table I's MSE is in these pixels)
+    clip_frames: int = 0        # frames per test clip (Table III's clip length)
+    epoch_time_s: float = math.nan       # the run's training time per epoch (median over its whole epochs)
+    epoch_images_per_s: float = math.nan
+    train_subjects: list[str] = field(default_factory=list)   # of the training shards, as their index lists them
     plots: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     clip_plots: list[ClipPlot] = field(default_factory=list, repr=False)   # drawn by write_report, not saved
@@ -148,12 +159,12 @@ def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], Non
     if cfg.every < 1:
         raise ValueError(f"--every must be >= 1, got {cfg.every}")
     t0 = time.perf_counter()
-    views, plots, stage, urls = collect(cfg, on_progress)
+    views, plots, stage, urls, info = collect(cfg, on_progress)
     if not any(v.counted.any() for v in views):
         raise H36MError(urls[0] if urls else cfg.shards, "no test frames to evaluate (empty shards, or every "
                                                          "sequence excluded)")
     rows3d = table3d(views)
-    rows2d = table2d(views, coco=cfg.coco)
+    rows2d = table2d(views, coco=cfg.coco, input_size=info["input_size"])
     counted = [v for v in views if v.counted.any()]
     report = EvalReport(
         run=str(cfg.run), stage=stage, shards=urls, damaged_policy="excluded" if cfg.exclude_damaged else "included",
@@ -162,12 +173,38 @@ def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], Non
         subjects=sorted({v.subject for v in counted}, key=subject_order),
         actions=[a for a in ACTIONS if any(v.action == a for v in counted)],
         rows3d=rows3d, rows2d=rows2d, oks_sigmas=[float(s) for s in M.OKS_SIGMAS17],
-        seconds=time.perf_counter() - t0, clip_plots=plots)
+        seconds=time.perf_counter() - t0, clip_plots=plots, **info, **training_time(cfg.run))
     return report
 
 
-def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[ClipPlot], str, list[str]]:
-    """Predictions for every view of every test clip: (ViewClips, clips to draw, the run's stage, shard URLs)."""
+def training_time(run: str) -> dict:
+    """The run's time per training epoch from its metrics.jsonl (median over whole epochs; NaN before the first
+    finished one) and the subjects of its training shards (from their index, where found)."""
+    from h36m.pipelines.shards.urls import expand_urls, index_for, is_local
+    from h36m.pipelines.train.checkpoint import load_checkpoint
+    from h36m.pipelines.train.loop import read_metrics
+
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    epochs = [r for r in read_metrics(folder, "epoch") if r.get("whole")]
+    out = {"epoch_time_s": float(np.median([r["epoch_time_s"] for r in epochs])) if epochs else math.nan,
+           "epoch_images_per_s": float(np.median([r["images_per_s"] for r in epochs])) if epochs else math.nan,
+           "train_subjects": []}
+    try:
+        shards = load_checkpoint(run)["config"]["train"].get("shards") or []
+        urls = expand_urls(shards)
+        index = index_for(urls[0]) if urls and is_local(urls[0]) else None
+        if index is not None and index.is_file():
+            import json
+
+            out["train_subjects"] = list(json.loads(index.read_text()).get("subjects", []))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return out
+
+
+def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[ClipPlot], str, list[str], dict]:
+    """Predictions for every view of every test clip: (ViewClips, clips to draw, the run's stage, shard URLs,
+    {model, input_size, clip_frames})."""
     import torch
 
     from h36m.pipelines.train.checkpoint import load_network
@@ -201,13 +238,14 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
     views: list[ViewClip] = []
     plots: list[ClipPlot] = []
     drawn: set[tuple[str, str]] = set()
-    clips = 0
+    clips, clip_frames = 0, 0
     with torch.no_grad():   # not inference_mode: the loader's shared buffers are updated outside it
         for batch in loader:
             crop = batch_crop_size(batch)
             mask = batch["view_mask"].bool()
             images = normalise_images(batch["images"].to(dev), net.cfg.spatial)
-            pred2d01 = net(images, mask.to(dev)).joints2d.float()
+            pred2d01 = net(images, mask.to(dev), batch["view_index"].to(dev)).joints2d.float()
+            clip_frames = int(batch["pose2d"].shape[2])
             gt2d01 = batch["pose2d"].float().to(dev) / crop
             p3 = net.lift(pred2d01[mask.to(dev)]).float().cpu().numpy()
             g3 = net.lift(gt2d01[mask.to(dev)]).float().cpu().numpy()
@@ -254,7 +292,8 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
                         gt3d=gt3d[b, :nviews, t].copy(), pred3d=p3[base:base + nviews, t].copy()))
             if on_progress is not None:
                 on_progress(EvalProgress(clips, total, int(sum(v.counted.sum() for v in views))))
-    return views, plots, stage, urls
+    info = {"model": net.cfg.name, "input_size": int(net.cfg.spatial.img_size), "clip_frames": clip_frames}
+    return views, plots, stage, urls, info
 
 
 # ----- tables ---------------------------------------------------------------------------------------------------
@@ -304,19 +343,23 @@ def table3d(views: list[ViewClip]) -> list[Row3D]:
     return sorted(rows, key=lambda r: (order[r.metric], METHODS.index(r.method)))
 
 
-def table2d(views: list[ViewClip], coco: bool = True) -> list[Row2D]:
-    """2-D rows for the mean-pose baseline and the network (full-frame px)."""
+def table2d(views: list[ViewClip], coco: bool = True, input_size: int = 0) -> list[Row2D]:
+    """Table I's rows for the mean-pose baseline and the network (see the module doc); `input_size`: the network's
+    input crop side in px (0: the input-pixel columns are NaN)."""
     counted = [v for v in views if v.counted.any()]
     gt = np.concatenate([v.gt2d[v.counted] for v in counted])
     box = np.concatenate([v.box[v.counted] for v in counted])
-    norm = M.box_max_side(box)
+    side = M.box_max_side(box)                                   # the crop's side, full-frame px (square boxes)
+    to_input = (input_size / side)[:, None, None] if input_size else None
     rows = []
     for method, attr in (("Mean pose", "base2d"), ("Ours", "pred2d")):
         pred = np.concatenate([getattr(v, attr)[v.counted] for v in counted])
-        ap, ar = M.oks_ap_ar(pred, gt, box) if coco else (math.nan, math.nan)
-        rows.append(Row2D(method, {f"PCK@{t:g}": M.pck(pred, gt, t, norm) for t in PCK_THRESHOLDS},
-                          M.mean_error_2d(pred, gt), M.mse_2d(pred, gt), ap, ar,
-                          [M.pck(pred, gt, t, norm) for t in CURVE_THRESHOLDS]))
+        ap, ar = M.oks_ap_ar(pred, gt, M.tight_boxes(gt)) if coco else (math.nan, math.nan)
+        inp = (M.mean_error_2d(pred * to_input, gt * to_input), M.mse_2d(pred * to_input, gt * to_input)) \
+            if to_input is not None else (math.nan, math.nan)
+        rows.append(Row2D(method, {f"PCK@{t:g}": M.pck(pred, gt, t, side) for t in PCK_THRESHOLDS},
+                          M.mean_error_2d(pred, gt), M.mse_2d(pred, gt), ap, ar, *inp,
+                          curve=[M.pck(pred, gt, t, side) for t in CURVE_THRESHOLDS]))
     return rows
 
 

@@ -39,8 +39,13 @@ def settings_lines(r: EvalReport) -> list[str]:
         f"; frames covered by overlapping clips counted once.",
         "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
         "Per action: frames pooled over subactions and subjects. Actions absent from the test data: '-'.",
-        "2-D in full-frame px: PCK@a = joints within a x the crop box's longer side; OKS AP/AR via pycocotools with "
-        f"per-joint sigmas {', '.join(f'{s:g}' for s in r.oks_sigmas)} (H36M defines none: COCO's for the same parts).",
+        "2-D (the paper's Table I): OKS AP/AR via pycocotools, the person area from the tight box of the 17 true "
+        f"joints, per-joint sigmas {', '.join(f'{s:g}' for s in r.oks_sigmas)} (H36M defines none: COCO's for the "
+        "same parts); PCK@a = joints within a x the crop side; MSE = mean squared coordinate error in the network's "
+        f"input crop px ({r.input_size} px a side), also in full-frame px.",
+        f"Training time per epoch: {_cell(r.epoch_time_s, 1)} s ({_cell(r.epoch_images_per_s, 0)} images/s; median "
+        f"over whole epochs of the run's metrics.jsonl) on "
+        f"{', '.join(r.train_subjects) if r.train_subjects else 'its training shards'}.",
     ]
 
 
@@ -62,7 +67,8 @@ def to_csv(r: EvalReport) -> str:
     w.writerow(["table", "method", "metric", "value"])
     for row in r.rows2d:
         for k, v in list(row.pck.items()) + [("mean_px", row.mean_px), ("mse_px2", row.mse_px2), ("AP", row.ap),
-                                             ("AR", row.ar)]:
+                                             ("AR", row.ar), ("mean_input_px", row.mean_input_px),
+                                             ("mse_input_px2", row.mse_input_px2)]:
             w.writerow(["2d", row.method, k, _num(v)])
     return buf.getvalue()
 
@@ -79,11 +85,14 @@ def to_markdown(r: EvalReport) -> str:
         subj = " · ".join(f"{m}: " + ", ".join(f"{s} {_cell(v)}" for s, v in r.row(m, metric).subjects.items())
                           for m in METHODS)
         lines += ["", f"Per subject: {subj}", ""]
-    lines += ["## 2-D (full-frame px)", "", "| Method | " + " | ".join(r.rows2d[0].pck) + " | Mean (px) | MSE (px²) | "
-              "AP | AR |", "|---|" + "---|" * (len(r.rows2d[0].pck) + 4)]
+    lines += ["## Table I: 2-D", "", "| Method | AP | AR | " + " | ".join(r.rows2d[0].pck)
+              + f" | MSE ({r.input_size} px²) | MSE (full px²) | Mean (full px) |",
+              "|---|" + "---|" * (len(r.rows2d[0].pck) + 5)]
     for row in r.rows2d:
-        lines.append(f"| {row.method} | " + " | ".join(f"{v:.3f}" for v in row.pck.values())
-                     + f" | {_cell(row.mean_px, 2)} | {_cell(row.mse_px2, 1)} | {_cell(row.ap, 3)} | {_cell(row.ar, 3)} |")
+        lines.append(f"| {row.method} | {_cell(row.ap, 3)} | {_cell(row.ar, 3)} | "
+                     + " | ".join(f"{v:.3f}" for v in row.pck.values())
+                     + f" | {_cell(row.mse_input_px2, 2)} | {_cell(row.mse_px2, 1)} | {_cell(row.mean_px, 2)} |")
+    lines += ["", f"Time per training epoch: {_cell(r.epoch_time_s, 1)} s.", ""]
     if r.plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({os.path.relpath(p, Path(r.files[0]).parent) if r.files else p})"
                                          for p in r.plots]
@@ -119,17 +128,73 @@ def rich_tables(r: EvalReport, width: int = 200) -> list:
     for method in METHODS:
         t.add_row(method, *[f"{_cell(r.row(method, m).avg)} / {_cell(r.row(method, m).all_frames)}" for m in METRICS_3D])
     out.append(t)
-    t = Table(title="2-D (full-frame px)", title_justify="left")
+    t = Table(title=f"Table I: 2-D (MSE in {r.input_size} px input crops and in full-frame px; time per training "
+                    f"epoch {_cell(r.epoch_time_s, 1)} s)", title_justify="left")
     t.add_column("Method")
-    for k in r.rows2d[0].pck:
-        t.add_column(k, justify="right")
-    for k in ("Mean px", "MSE px²", "AP", "AR"):
+    for k in ("AP", "AR", *r.rows2d[0].pck, "MSE in", "MSE full", "Mean full"):
         t.add_column(k, justify="right")
     for row in r.rows2d:
-        t.add_row(row.method, *[f"{v:.3f}" for v in row.pck.values()], _cell(row.mean_px, 2), _cell(row.mse_px2, 1),
-                  _cell(row.ap, 3), _cell(row.ar, 3))
+        t.add_row(row.method, _cell(row.ap, 3), _cell(row.ar, 3), *[f"{v:.3f}" for v in row.pck.values()],
+                  _cell(row.mse_input_px2, 2), _cell(row.mse_px2, 1), _cell(row.mean_px, 2))
     out.append(t)
     return out
+
+
+# ----- several runs side by side: Table I and Table III ---------------------------------------------------------
+
+COMPARE_COLUMNS = ("Run", "Model", "F", "AP", "AR", "PCK@0.05", "PCK@0.2", "MSE in (px²)", "MSE full (px²)",
+                   "MPJPE", "P-MPJPE", "Time/epoch (s)")
+
+
+def compare_rows(reports: list[EvalReport]) -> list[list[str]]:
+    """One row per run (COMPARE_COLUMNS): the network's Table I metrics, its clip length F (Table III) and, where
+    the run has a lifter, the Avg MPJPE / P-MPJPE of `Ours`."""
+    rows = []
+    for r in reports:
+        ours = next(x for x in r.rows2d if x.method == "Ours")
+        rows.append([Path(r.run).name or r.run, r.model or "-", str(r.clip_frames), _cell(ours.ap, 3), _cell(ours.ar, 3),
+                     f"{ours.pck.get('PCK@0.05', math.nan):.3f}", f"{ours.pck.get('PCK@0.2', math.nan):.3f}",
+                     _cell(ours.mse_input_px2, 2), _cell(ours.mse_px2, 1), _cell(r.row("Ours", "MPJPE").avg),
+                     _cell(r.row("Ours", "P-MPJPE").avg), _cell(r.epoch_time_s, 1)])
+    return rows
+
+
+def compare_markdown(reports: list[EvalReport]) -> str:
+    lines = ["# Table I and Table III: runs side by side", "", f"- {settings_lines(reports[0])[4]}",
+             "- F: frames per test clip (Table III). MPJPE / P-MPJPE: Avg over actions, mm.", "",
+             "| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in compare_rows(reports)]
+    return "\n".join(lines) + "\n"
+
+
+def compare_csv(reports: list[EvalReport]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COMPARE_COLUMNS)
+    w.writerows(compare_rows(reports))
+    return buf.getvalue()
+
+
+def compare_table(reports: list[EvalReport]):
+    """The rich table of `compare_rows`."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="Table I / Table III: runs side by side", title_justify="left")
+    for i, c in enumerate(COMPARE_COLUMNS):
+        t.add_column(c, justify="left" if i < 2 else "right", no_wrap=i == 0)
+    for row in compare_rows(reports):
+        t.add_row(*[escape(c) for c in row])
+    return t
+
+
+def write_comparison(reports: list[EvalReport], out: str | os.PathLike) -> list[str]:
+    """compare.md and compare.csv in `out` (atomically); returns their paths."""
+    out = Path(out)
+    files = [out / "compare.md", out / "compare.csv"]
+    write_atomic(files[0], compare_markdown(reports))
+    write_atomic(files[1], compare_csv(reports))
+    return [str(f) for f in files]
 
 
 def write_report(r: EvalReport, out: str | os.PathLike, plots: bool = True) -> EvalReport:

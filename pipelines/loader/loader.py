@@ -35,7 +35,7 @@ from h36m.pipelines.shards.urls import expand_urls, shard_counts
 
 #: Image buffers a worker recycles beyond its prefetched messages: the message in use + one being filled.
 POOL_EXTRA = 2
-KEYS = ("images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "key", "meta", "cameras")
+KEYS = ("images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "view_index", "key", "meta", "cameras")
 
 
 @dataclass
@@ -97,7 +97,7 @@ class _Reader:
 
 #: Batch entries that travel from the workers as numpy arrays (pickled inline: no shared-memory segment and file
 #: descriptor each) and become tensors in the main process.
-SMALL = ("pose2d", "pose3d_cam", "pose3d", "box", "view_mask")
+SMALL = ("pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "view_index")
 
 
 def _worker_init(worker_id: int) -> None:

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.pipelines.loader.augment import random_flip
 from h36m.pipelines.loader.plan import Unit
 from h36m.pipelines.shards.sample import ARRAYS, MAX_VIEWS, Clip, decode_into, decode_sample
@@ -267,13 +268,24 @@ def collate(clips: list[Clip]) -> dict:
     pose3d_cam = np.zeros((B, V, F, 17, 3), np.float32)
     box = np.zeros((B, V, F, 4), np.float32)
     mask = np.zeros((B, V), bool)
+    view_index = np.zeros((B, V), np.int64)
     for b, c in enumerate(clips):
         n = c.views
         pose2d[b, :n], pose3d_cam[b, :n], box[b, :n] = c.pose2d, c.pose3d_cam, c.box
         mask[b, :n] = True
+        view_index[b, :n] = [rig_position(cam) for cam in c.meta["cameras"]]
     return {"pose2d": pose2d, "pose3d_cam": pose3d_cam,
             "pose3d": np.stack([c.pose3d for c in clips]).astype(np.float32), "box": box, "view_mask": mask,
+            "view_index": view_index,
             "key": [c.key for c in clips], "meta": [c.meta for c in clips], "cameras": [c.cameras for c in clips]}
+
+
+def rig_position(camera_id: str) -> int:
+    """A camera's position in the H36M rig (`CAMERA_IDS` order, 0-3); an unknown id counts as position 0."""
+    try:
+        return CAMERA_IDS.index(str(camera_id))
+    except ValueError:
+        return 0
 
 
 def decode_chw(clip: Clip) -> Clip:

@@ -2,6 +2,11 @@
 
 Images are BGR uint8. Geometry goes through the project's own camera model (H36M distortion), so the drawn joints
 sit exactly on D2_Positions.
+
+The body is left-right symmetric in colour, as people are: its left and right sides are told apart only by where it
+faces (a face spot on the front of the head, a chest badge on the front of the torso, the feet pointing forward).
+So a mirrored image is again a valid image of a (mirrored) person, and flipping with swapped labels is a valid
+augmentation, as it is on real images.
 """
 from __future__ import annotations
 
@@ -12,12 +17,12 @@ from h36m.h36m_tools.cameras import Camera, Intrinsics, project, world_to_camera
 from h36m.h36m_tools.skeleton import PARENTS32
 from h36m.pipelines.synth.motion import HEAD_RADIUS_MM, LIMB_RADIUS_MM
 
-LEFT_COLOR = np.array([200, 120, 40])     # BGR: blue-ish left side
-RIGHT_COLOR = np.array([40, 90, 210])     # BGR: orange-red right side
+LIMB_COLOR = np.array([170, 110, 60])     # BGR: both arms and both legs
 TORSO_COLOR = np.array([90, 150, 90])
 SKIN_COLOR = np.array([120, 160, 215])
-_LEFT32 = {6, 7, 8, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23}
-_RIGHT32 = {1, 2, 3, 4, 5, 24, 25, 26, 27, 28, 29, 30, 31}
+FACE_COLOR = np.array([40, 40, 70])       # the face spot on the front of the head
+BADGE_COLOR = np.array([230, 230, 240])   # the badge on the front of the chest
+_LIMBS32 = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31}
 _SHIFT = 4                                 # sub-pixel bits for cv2 drawing
 
 
@@ -72,8 +77,25 @@ def _segments(world: np.ndarray):
         r = LIMB_RADIUS_MM.get(j)
         if p < 0 or r is None:
             continue
-        color = LEFT_COLOR if j in _LEFT32 else RIGHT_COLOR if j in _RIGHT32 else TORSO_COLOR
+        color = LIMB_COLOR if j in _LIMBS32 else TORSO_COLOR
         yield j, p, r, color
+
+
+def facing(world: np.ndarray) -> np.ndarray:
+    """The unit direction a 32-joint pose (32, 3) faces: up (hip -> thorax) x left (right hip -> left hip), the
+    body frame's y (synth.motion: x left, y forward, z up)."""
+    left = world[6] - world[1]
+    up = world[13] - world[0]
+    f = np.cross(up, left)
+    return f / (np.linalg.norm(f) + 1e-9)
+
+
+def front_marks(world: np.ndarray) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """(point (3,) mm, radius mm, colour) of the marks on the body's front: the face spot, the chest badge."""
+    f = facing(world)
+    chest = 0.5 * (world[12] + world[13])
+    return [(world[15] + f * HEAD_RADIUS_MM * 0.8, HEAD_RADIUS_MM * 0.35, FACE_COLOR),
+            (chest + f * LIMB_RADIUS_MM[13] * 0.8, LIMB_RADIUS_MM[13] * 0.35, BADGE_COLOR)]
 
 
 def draw_person(img: np.ndarray, mask: np.ndarray, world: np.ndarray, cam: Camera, k: Intrinsics) -> None:
@@ -89,8 +111,16 @@ def draw_person(img: np.ndarray, mask: np.ndarray, world: np.ndarray, cam: Camer
         depth = 0.5 * (z[j] + z[p])
         items.append((depth, "limb", j, p, r, color))
     items.append((z[15] + 1.0, "head", 15, 14, HEAD_RADIUS_MM, SKIN_COLOR))
+    marks = front_marks(world)
+    mark_uv, mark_z = _project_points(np.stack([m[0] for m in marks]), cam, k)
+    for i, (_, r, color) in enumerate(marks):        # drawn after the body part it sits on only when it faces us
+        items.append((mark_z[i], "mark", i, i, r, color))
     for depth, kind, j, p, r, color in sorted(items, key=lambda it: -it[0]):
         rad = max(r * f / depth, 1.0)
+        if kind == "mark":
+            cv2.circle(img, tuple(_pts(mark_uv[j])), int(rad * 16), tuple(int(v) for v in color), -1, cv2.LINE_AA,
+                       _SHIFT)
+            continue
         if kind == "head":
             centre = uv[15]
             for s, g in ((1.0, 0.55), (0.75, 0.8), (0.4, 1.0)):

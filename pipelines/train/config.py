@@ -38,10 +38,11 @@ class Recipe:
     lr: float
     warmup_epochs: float
     weight_decay: float = 0.05
+    affine: str = "mmpose"          # the crop transform's ranges (train.augment.AFFINE): mmpose's top-down defaults
 
 
 PAPER_RECIPE = Recipe(epochs=100, batch_size=4, lr=1e-3, warmup_epochs=20)
-TINY_RECIPE = Recipe(epochs=20, batch_size=4, lr=2e-3, warmup_epochs=4)
+TINY_RECIPE = Recipe(epochs=20, batch_size=4, lr=2e-3, warmup_epochs=4, affine="mild")
 
 
 def recipe_for(preset: str) -> Recipe:
@@ -67,7 +68,10 @@ class TrainConfig:
     clip_grad: float = 1.0                 # max gradient norm (0 = off)
     workers: int = 2                       # loader processes per rank
     shuffle: int = 256                     # sample shuffle buffer
-    augment: bool = True                   # loader augmentation (2d / joint stages)
+    augment: bool = True                   # augmentation: the clip-wide flip (2d, joint) and the crop transform (2d)
+    affine: str | None = None              # the crop transform's ranges: mmpose | mild | off (train.augment.AFFINE)
+    pretrained_spatial: str | None = None  # a local timm Swin checkpoint to start the spatial module from
+    pretrained_relations: str | None = None  # a local timm ViT checkpoint to start the relation blocks from
     seed: int = 0
     lift_inputs: str = "gt"                # lift stage inputs: gt (+ noise) or pred (the network's own 2-D part)
     lift_noise: float = 0.01               # std of the Gaussian noise on gt 2-D inputs, as a fraction of the crop side
@@ -101,9 +105,14 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         weight_decay=r.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
         warmup_epochs=(r.warmup_epochs * (cfg.epochs or r.epochs) / r.epochs if cfg.warmup_epochs is None
                        else cfg.warmup_epochs),
+        affine=r.affine if cfg.affine is None else cfg.affine,
     )
     if out.stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {out.stage!r}")
+    from h36m.pipelines.train.augment import AFFINE
+
+    if out.affine not in AFFINE:
+        raise ValueError(f"affine must be one of {', '.join(AFFINE)}, got {out.affine!r}")
     if out.lift_inputs not in LIFT_INPUTS:
         raise ValueError(f"lift_inputs must be one of {', '.join(LIFT_INPUTS)}, got {out.lift_inputs!r}")
     for name in ("epochs", "batch_size", "grad_accum"):

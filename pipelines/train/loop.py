@@ -12,7 +12,8 @@ joints (loss: MPJPE in metres); `joint` fine-tunes everything end to end (2-D lo
 Run folder:
     config.toml, config.json   the resolved TrainConfig and ModelConfig
     checkpoint.pt              latest checkpoint (train.checkpoint), written atomically
-    metrics.jsonl              one JSON line per logged step (rank 0; loss averaged over ranks)
+    metrics.jsonl              one JSON line per logged step (rank 0; loss averaged over ranks) and one per epoch
+                               ("kind": "epoch": its wall time and images/s; see read_metrics)
     ranks/rank-<r>.jsonl       per-rank step log (several processes only)
     tb/                        TensorBoard events
 
@@ -47,7 +48,8 @@ from h36m.pipelines.train.config import RUN_CONTROL, TrainConfig, from_dict, mod
 
 @dataclass
 class TrainEvent:
-    """What `on_progress` receives. kind: start | step | checkpoint | epoch | end | interrupted."""
+    """What `on_progress` receives. kind: note (a line to show, e.g. what a pretrained file gave) | start | step |
+    checkpoint | epoch | end | interrupted."""
     kind: str
     step: int
     total_steps: int
@@ -108,7 +110,8 @@ def _stage_module(net, cfg: TrainConfig):
     import torch.nn as nn
 
     class StageLoss(nn.Module):
-        """forward(images, view_mask, target2d, target3d, noise2d) -> (loss, err2d, mpjpe_m); see module doc."""
+        """forward(images, view_mask, view_index, target2d, target3d, noise2d) -> (loss, err2d, mpjpe_m); see the
+        module doc."""
 
         def __init__(self):
             super().__init__()
@@ -125,22 +128,22 @@ def _stage_module(net, cfg: TrainConfig):
                 m.eval()
             return self
 
-        def forward(self, images, view_mask, target2d, target3d, noise2d):
+        def forward(self, images, view_mask, view_index, target2d, target3d, noise2d):
             nan = target2d.new_tensor(math.nan)
             if cfg.stage == "2d":
-                out = self.net(images, view_mask)
+                out = self.net(images, view_mask, view_index)
                 err2d = joint_distance(out.joints2d, target2d, view_mask)
                 return err2d, err2d.detach(), nan
             if cfg.stage == "lift":
                 if cfg.lift_inputs == "pred":
                     with torch.no_grad():
-                        inputs = self.net(images, view_mask).joints2d.float()
+                        inputs = self.net(images, view_mask, view_index).joints2d.float()
                 else:
                     inputs = target2d + noise2d
                 pred3d = self.net.lift(inputs[view_mask])                       # (n, F, 17, 3) mm
                 m = mpjpe_m(pred3d, target3d[view_mask])
                 return m, nan, m.detach()
-            out = self.net(images, view_mask)
+            out = self.net(images, view_mask, view_index)
             err2d = joint_distance(out.joints2d, target2d, view_mask)
             m = mpjpe_m(out.joints3d[view_mask], target3d[view_mask])
             return err2d + cfg.loss3d_weight * m, err2d.detach(), m.detach()
@@ -148,13 +151,15 @@ def _stage_module(net, cfg: TrainConfig):
     return StageLoss()
 
 
-def _param_groups(module, weight_decay: float):
-    """AdamW groups: no weight decay on biases, norms and embeddings / position tables."""
+def _param_groups(net, weight_decay: float):
+    """AdamW groups of the network's trainable parameters: no weight decay on biases and norms (1-D), on the
+    network's declared embeddings and tables (`no_weight_decay()`) and on Swin's relative position tables."""
+    exempt = net.no_weight_decay()
     decay, no_decay = [], []
-    for name, p in module.named_parameters():
+    for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
-        plain = p.ndim <= 1 or any(k in name for k in ("pos", "relative_position", "queries", "prior"))
+        plain = p.ndim <= 1 or name in exempt or "relative_position_bias_table" in name
         (no_decay if plain else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -197,11 +202,12 @@ class _Trainer:
         else:
             mcfg = model_config(cfg, ModelConfig.from_dict(init["config"]["model"]) if init else None)
         net = build_model(mcfg)
+        pretrained = self._load_pretrained(net) if self.state is None else []
         if init is not None:
             net.load_state_dict(init["model"])
         net.to(dev)
         stage = _stage_module(net, cfg).to(dev)
-        opt = torch.optim.AdamW(_param_groups(stage, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        opt = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
 
         pin = dev.type == "cuda"
         loader = self._loader(0, pin)
@@ -248,6 +254,8 @@ class _Trainer:
         self.steps_per_epoch, self.total = steps_per_epoch, total
         self.stats = stats
         log = _RunLog(self.run_dir, self.rank, self.world, step)
+        for line in pretrained:
+            self.emit(TrainEvent("note", step, total, step // steps_per_epoch, cfg.epochs, message=line))
         self.emit(TrainEvent("start", step, total, step // steps_per_epoch, cfg.epochs,
                              lr=sched.get_last_lr()[0],
                              message=f"{cfg.stage} stage, {self.world} process(es) on {dev.type}, "
@@ -280,6 +288,23 @@ class _Trainer:
         return TrainResult(self.run_dir, self.step, total, cfg.epochs, done, last_loss,
                            self.run_dir / CHECKPOINT_NAME)
 
+    def _load_pretrained(self, net) -> list[str]:
+        """Start the spatial module / relation blocks from the configured local timm checkpoints; one line each
+        saying what was loaded and what was left unused. Raises H36MError naming a file that does not fit."""
+        from h36m.model import load_pretrained_relations, load_pretrained_spatial
+
+        cfg, lines = self.cfg, []
+        if cfg.pretrained_spatial:      # the loaders' ValueError names the file: one line from the CLI
+            unused = load_pretrained_spatial(net, cfg.pretrained_spatial)
+            lines.append(f"pretrained spatial: {cfg.pretrained_spatial}: {len(net.spatial.swin.state_dict())} Swin "
+                         f"tensors loaded, {len(unused)} checkpoint tensors unused ({_some(unused)})")
+        if cfg.pretrained_relations:
+            loaded, unused = load_pretrained_relations(net, cfg.pretrained_relations)
+            lines.append(f"pretrained relations: {cfg.pretrained_relations}: {len(loaded)} tensors of "
+                         f"{len(net.relations.time_blocks)} temporal + {len(net.relations.view_blocks)} 3-D blocks "
+                         f"loaded, {len(unused)} checkpoint tensors unused ({_some(unused)})")
+        return lines
+
     def _loader(self, epoch: int, pin: bool):
         from h36m.pipelines.loader.loader import LoaderConfig, make_loader
 
@@ -298,6 +323,7 @@ class _Trainer:
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if (dev.type == "cuda" and cfg.amp) \
             else contextlib.nullcontext()
         loss = math.nan
+        epoch_start, epoch_images = time.perf_counter(), 0
         for _ in range(first, self.steps_per_epoch):
             t0 = time.perf_counter()
             wait = 0.0
@@ -317,7 +343,7 @@ class _Trainer:
                     raise
                 wait += time.perf_counter() - t
                 inputs = self._inputs(torch, batch, micro)
-                images_seen += int(inputs[1].sum()) * inputs[2].shape[2]
+                images_seen += int(inputs[1].sum()) * inputs[3].shape[2]
                 sync = module.no_sync() if self.world > 1 and micro < cfg.grad_accum - 1 \
                     else contextlib.nullcontext()
                 with sync:
@@ -338,6 +364,7 @@ class _Trainer:
                 torch.distributed.all_reduce(sums)
                 sums[:3] /= self.world
             dt = time.perf_counter() - t0
+            epoch_images += images_seen * self.world
             crop = self._crop
             loss = float(sums[0])
             ev = TrainEvent("step", self.step, self.total, epoch, cfg.epochs, loss=loss, lr=lr,
@@ -355,6 +382,8 @@ class _Trainer:
                 self._save(self.step >= self.total)
                 self.emit(TrainEvent("checkpoint", self.step, self.total, epoch, cfg.epochs, loss=loss, lr=lr))
             if end_of_epoch:
+                wall = time.perf_counter() - epoch_start
+                log.epoch(epoch + 1, self.step, wall, epoch_images / max(wall, 1e-9), whole=first == 0)
                 self.emit(TrainEvent("epoch", self.step, self.total, epoch + 1, cfg.epochs, loss=loss, lr=lr))
             if sums[3] > 0:
                 del it
@@ -366,10 +395,12 @@ class _Trainer:
         return loss, False
 
     def _inputs(self, torch, batch, micro: int):
+        """A batch -> (images, view_mask, view_index, target2d, target3d, noise2d) on the device (2d stage: crops
+        and their 2-D targets moved by the random crop transform); updates the pose stats."""
         from h36m.model import normalise_images
         from h36m.pipelines.loader.loader import batch_crop_size
+        from h36m.pipelines.train.augment import AFFINE, augment_views
 
-        """A batch -> (images, view_mask, target2d, target3d, noise2d) on the device; updates the pose stats."""
         cfg, dev = self.cfg, self.device
         nb = dev.type == "cuda"
         crop = batch_crop_size(batch)
@@ -381,16 +412,20 @@ class _Trainer:
         need_images = cfg.stage != "lift" or cfg.lift_inputs == "pred"
         images = normalise_images(batch["images"].to(dev, non_blocking=nb), self.mcfg.spatial) \
             if need_images else None
+        view_index = batch["view_index"].to(dev, non_blocking=nb)
+        seed = int(np.random.SeedSequence([cfg.seed, self.rank, self.step, micro]).generate_state(1)[0])
+        g = torch.Generator().manual_seed(seed)
+        affine = AFFINE[cfg.affine] if cfg.augment and cfg.stage == "2d" else None
+        if affine is not None:
+            images, pose2d = augment_views(images, pose2d, affine, g)
         noise = torch.zeros_like(pose2d)
         if cfg.stage == "lift" and cfg.lift_inputs == "gt" and cfg.lift_noise > 0:
-            seed = int(np.random.SeedSequence([cfg.seed, self.rank, self.step, micro]).generate_state(1)[0])
-            g = torch.Generator().manual_seed(seed)
             noise = (torch.randn(pose2d.shape, generator=g) * cfg.lift_noise).to(dev)
         if self.rank == 0:
             m = batch["view_mask"].numpy().astype(bool)
             self.stats.update(batch["pose2d"].numpy()[m] / crop, (batch["pose3d_cam"].numpy()
                                                                   - batch["pose3d_cam"].numpy()[..., :1, :])[m])
-        return images, view_mask, pose2d, target3d, noise
+        return images, view_mask, view_index, pose2d, target3d, noise
 
     def _save(self, done: bool) -> None:
         cfg = self.cfg
@@ -402,6 +437,11 @@ class _Trainer:
             "world_size": self.world,
             "config": {"train": to_dict(cfg), "model": self.mcfg.to_dict()},
         })
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    """The first n names and how many more."""
+    return ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "") if names else "none"
 
 
 def _catch_signals(trainer) -> dict:
@@ -496,6 +536,17 @@ class _RunLog:
                 if k in rec:
                     self.tb.add_scalar(f"train/{k}", rec[k], ev.step)
 
+    def epoch(self, epoch: int, step: int, wall_s: float, images_per_s: float, whole: bool) -> None:
+        """An epoch's record in metrics.jsonl (rank 0): its wall time (with the checkpoint saved in it) and images/s
+        over all ranks; `whole` is False for an epoch a resumed run began midway (its time is of a part)."""
+        if self.rank == 0 and self.files:
+            rec = {"kind": "epoch", "epoch": epoch, "step": step, "epoch_time_s": round(wall_s, 3),
+                   "images_per_s": round(images_per_s, 2), "whole": whole, "time": time.time()}
+            self.files[0].write(json.dumps(rec) + "\n")
+            self.files[0].flush()
+            if self.tb is not None:
+                self.tb.add_scalar("train/epoch_time_s", wall_s, step)
+
     def close(self) -> None:
         for f in self.files:
             f.close()
@@ -517,7 +568,11 @@ def _truncate_jsonl(path: Path, step: int) -> None:
     write_atomic(path, "".join(x + "\n" for x in keep))
 
 
-def read_metrics(run: str | os.PathLike) -> list[dict]:
-    """The run's metrics.jsonl as a list of dicts."""
+def read_metrics(run: str | os.PathLike, kind: str = "step") -> list[dict]:
+    """The run's metrics.jsonl records of one kind, as dicts: "step" (one per logged step: loss, lr, images/s, ...)
+    or "epoch" (one per finished epoch: epoch_time_s, images_per_s, whole)."""
     p = Path(run) / "metrics.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+    if not p.exists():
+        return []
+    recs = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+    return [r for r in recs if r.get("kind", "step") == kind]
