@@ -140,11 +140,11 @@ def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, 
 def _extract_plan_table(plan):
     from rich.table import Table
 
-    table = Table("subject", "sequences", "videos", "pose frames", "done before", "to do", "other parts",
-                  title="plan", title_justify="left")
+    table = Table("subject", "layout", "3-D from", "sequences", "videos", "pose frames", "done before", "to do",
+                  "other parts", title="plan", title_justify="left")
     for r in plan.by_subject():
-        table.add_row(r["subject"], str(r["sequences"]), str(r["videos"]), str(r["pose_frames"]), str(r["done"]),
-                      str(r["todo"]), str(r["other part"]))
+        table.add_row(r["subject"], r["layout"], _lit(r["pose3d"]), str(r["sequences"]), str(r["videos"]),
+                      str(r["pose_frames"]), str(r["done"]), str(r["todo"]), str(r["other part"]))
     return table
 
 
@@ -179,10 +179,17 @@ def _extract_summary_table(results):
 @click.option("--part", default="1/1", show_default=True,
               help="Do the I-th of N shares (I/N; e.g. $SLURM_ARRAY_TASK_ID/N with --array=1-N); all parts may "
               "share one OUT.")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(1, 1000),
+              help="Keep every N-th frame (source index % N == 0; 5 is common for training, 64 for some tests).")
 @click.option("--keep-going", is_flag=True, help="Exit 0 even if some sequences failed (they are still listed).")
-def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_views, workers, part, keep_going):
+def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_views, workers, part, every,
+            keep_going):
     """Turn a release in RAW into an extracted dataset in OUT: per sequence, synchronised square JPEG crops of every
     camera and frame with their 2-D/3-D joints and boxes (Parquet), plus manifest.json and cameras.json.
+
+    RAW is the official unpacked tree (S1/MyPoseFeatures/..., S1/Videos/...), the tree anibali/h36m-fetch leaves
+    (S1/Poses_D2_Positions/, S1/Poses_D3_Positions_mono_universal/, S1/Videos/) or a folder of the downloaded
+    archives (Videos_S1.tgz, Poses_D3_Positions_S1.tgz, ...), read in place; mixed is fine.
 
     A killed run started again redoes only unfinished sequences. Skipped sequences (a missing or unreadable camera,
     no poses) do not change the exit status; failed ones (bad input files, a full disk) make it 1.
@@ -193,13 +200,14 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
 
     cfg = ExtractConfig(raw=raw, out=out, subjects=parse_subjects(subjects) if subjects else None, size=size,
                         margin=margin, bbox=bbox, quality=quality, cameras=cameras_file, min_views=min_views,
-                        workers=workers or default_workers(), part=parse_part(part))
+                        workers=workers or default_workers(), part=parse_part(part), every=every)
     plan = plan_extract(cfg)
     console = _console()
     todo = plan.todo
     frames = sum(s.pose_frames or 0 for s in todo)
     console.print(f"extract {raw} -> {out}: part {cfg.part[0]}/{cfg.part[1]}, {cfg.workers} workers, crops "
-                  f"{size}x{size} from {bbox} boxes x{margin}; {len(todo)} sequences to do ({frames} pose frames)",
+                  f"{size}x{size} from {bbox} boxes x{margin}{f', every {every}-th frame' if every > 1 else ''}; "
+                  f"{len(todo)} sequences to do ({frames} pose frames)",
                   soft_wrap=True, markup=False)
     console.print(_extract_plan_table(plan))
     results = []

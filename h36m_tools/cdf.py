@@ -10,13 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .archives import Member, local_file
 from .errors import H36MError
 
 
-def read_pose(path: str | Path, dims: int) -> np.ndarray:
-    """The `Pose` of a CDF as (N, 32, dims) float64; raises H36MError naming the file on any problem."""
+def read_pose(path: str | Path | Member, dims: int) -> np.ndarray:
+    """The `Pose` of a CDF (a file, or an archive member read through a temporary copy) as (N, 32, dims) float64;
+    raises H36MError naming the file (or member) on any problem."""
     import cdflib
 
+    if isinstance(path, Member):
+        with local_file(path) as tmp:
+            return read_pose(tmp, dims)
     path = Path(path)
     if not path.is_file():
         raise H36MError(path, "file not found")

@@ -2,6 +2,7 @@
 MP4, MAT and Parquet files; real subprocesses for the CLI, kills included)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -499,3 +500,97 @@ def test_cli_prints_plan_and_summary(small_release, tmp_path):
     assert text.index("plan") < text.index("summary") and "2 sequences to do (80 pose frames)" in text
     assert "S1/Directions_1" in text and "55011271:" in text and "skipped S11/Directions: " in text
     assert "1 extracted (40 frames), 1 skipped, 0 failed" in text
+
+
+# ----- the layouts users have: official tree, h36m-fetch's tree, the archives; --every ---------------------------
+
+def _relayout(small_release, tmp_path, layout, subjects=("S1",)):
+    from h36m.pipelines.synth.release import write_layout
+
+    return write_layout(copy_release(small_release, tmp_path / f"rel-{layout}", subjects), tmp_path / layout, layout)
+
+
+def test_three_layouts_extract_to_the_same_dataset(small_release, tmp_path):
+    from h36m.pipelines.extract.dataset import read_sequence
+    from h36m.pipelines.extract.extract import run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig, make_plan
+
+    outs, plans = {}, {}
+    for layout in ("unpacked", "h36m-fetch", "archives"):
+        raw = _relayout(small_release, tmp_path, layout)
+        plans[layout] = make_plan(ExtractConfig(raw=raw, out=tmp_path / "x")).by_subject()
+        outs[layout] = tmp_path / f"out-{layout}"
+        res = run_extract(ExtractConfig(raw=raw, out=outs[layout], workers=1))
+        assert [r.status for r in res] == ["done"], res
+    assert [(r["layout"], r["pose3d"], r["sequences"], r["videos"], r["pose_frames"]) for r in
+            (plans[k][0] for k in ("unpacked", "h36m-fetch", "archives"))] == [
+        ("unpacked", "world", 1, 4, 40), ("h36m-fetch", "camera, universal skeleton", 1, 4, 40),
+        ("archives", "world", 1, 4, 40)]
+    # archives read in place: the same bytes as the unpacked tree, but for the manifest's source folder
+    a, b = tree_bytes(outs["unpacked"]), tree_bytes(outs["archives"])
+    assert sorted(a) == sorted(b) and [k for k in a if a[k] != b[k]] == ["manifest.json"]
+    ma, mb = (json.loads(x["manifest.json"]) for x in (a, b))
+    assert ma.pop("source").endswith("unpacked") and mb.pop("source").endswith("archives") and ma == mb
+    # h36m-fetch: world joints through the extrinsics from camera coordinates (float rounding), the rest identical
+    seq = "S1/Directions_1.parquet"
+    (m1, x1), (m2, x2) = read_sequence(outs["unpacked"] / seq), read_sequence(outs["h36m-fetch"] / seq)
+    assert (m1.pose3d_source, m2.pose3d_source) == ("world", "camera, universal skeleton")
+    assert {k: v for k, v in m1.__dict__.items() if m2.__dict__[k] != v} == {"pose3d_source": "world"}
+    for name in ("frame", "pose3d_cam", "pose2d", "pose2d_crop", "box", "jpeg"):
+        assert np.array_equal(np.asarray(getattr(x1, name), dtype=object), np.asarray(getattr(x2, name), dtype=object))
+    assert 0 < np.abs(x1.pose3d - x2.pose3d).max() < 1e-3
+    entry = json.loads(tree_bytes(outs["h36m-fetch"])["manifest.json"])["sequences"]["S1/Directions_1"]
+    assert entry["pose3d_source"] == "camera, universal skeleton" and "universal skeleton" in entry["notes"][0]
+
+
+def test_every_5_keeps_a_fifth_of_the_frames_with_the_same_crops(small_release, extracted_small, tmp_path):
+    from h36m.pipelines.extract.dataset import read_sequence
+    from h36m.pipelines.shards.verify import verify
+    from h36m.pipelines.shards.writer import ShardConfig, write_shards
+
+    out = tmp_path / "every5"
+    res = run_cli("extract", small_release, out, "--subjects", "S1", "--every", "5", "--workers", "1")
+    assert res.returncode == 0, res.stderr
+    assert "every 5-th frame" in res.stdout and json.loads((out / "manifest.json").read_text())["options"]["every"] == 5
+    seq = "S1/Directions_1.parquet"
+    (mf, full), (m5, five) = read_sequence(extracted_small / seq), read_sequence(out / seq)
+    assert list(five.frame) == list(range(0, mf.frames, 5)) and (m5.frames, m5.every, m5.fps) == (8, 5, 10.0)
+    for name in ("pose3d", "pose3d_cam", "pose2d", "pose2d_crop", "box"):
+        assert np.array_equal(getattr(five, name), getattr(full, name)[five.frame]), name
+    assert five.jpeg == [full.jpeg[i] for i in five.frame]
+    # shards: clips of consecutive kept frames at 10 fps, which verify accepts (and a wrong stride it does not)
+    write_shards(ShardConfig(extracted=out, out=tmp_path / "shards", frames=4, split="train", subjects=("S1",)))
+    shards = sorted((tmp_path / "shards").glob("train-*.tar"))
+    report = verify(shards)
+    assert report.samples == 2 and report.ok, report.problems
+    from h36m.pipelines.shards.sample import decode_sample, iter_tar_samples
+
+    clip = decode_sample(next(iter_tar_samples(shards[0])))
+    assert clip.meta["fps"] == 10.0 and clip.meta["every"] == 5 and np.all(np.diff(clip.meta["frames"]) == 5)
+    from h36m.pipelines.shards.verify import check_clip_values
+
+    clip.meta["every"] = 1
+    assert "frames are not consecutive source frames" in check_clip_values(clip)
+
+
+def test_damaged_archives_fail_their_subject_only_with_one_line(small_release, tmp_path):
+    import tarfile
+
+    raw = _relayout(small_release, tmp_path, "archives", subjects=("S1", "S9"))
+    videos = raw / "Videos_S9.tgz"
+    videos.write_bytes(videos.read_bytes()[: videos.stat().st_size // 2])          # a download cut short
+    poses = raw / "Poses_D3_Positions_S1.tgz"                                        # a member that is no CDF
+    with tarfile.open(poses) as tar:
+        member = tar.getmembers()[0]
+    with tarfile.open(poses, "w:gz") as tar:
+        member.size = 5000
+        tar.addfile(member, io.BytesIO(b"x" * 5000))
+    res = run_cli("extract", raw, tmp_path / "out", "--workers", "1")
+    assert res.returncode == 1
+    errors = error_lines(res.stderr)
+    assert len(errors) == 2, errors
+    s1 = next(e for e in errors if e.startswith("error: S1/"))
+    s9 = next(e for e in errors if e.startswith("error: S9/"))
+    assert f"{poses}:S1/MyPoseFeatures/D3_Positions/" in s1 and "not a readable CDF file" in s1
+    assert f"{videos}: truncated archive (stops in or after member 'S9/Videos/" in s9
+    assert "Traceback" not in res.stderr

@@ -16,7 +16,8 @@ all cameras; frames covered by several overlapping clips counted once; padded fr
     squared coordinate error in the network's input crop pixels (224 for `paper`), and the mean error and MSE in
     full-frame pixels; for the network and for the mean 2-D pose of the training set placed in each crop
     (baseline). With them, the run's training time per epoch (`train.loop.read_metrics(run, "epoch")`).
-  * `every` N: only frames whose source index is a multiple of N count (the network still sees whole clips);
+  * `every` N: only frames whose source index is a multiple of N count (the network still sees whole clips); shards
+    of a dataset extracted with `--every S` hold only multiples of S, so N must be a multiple of S;
     MPJVE uses the velocity from the previous frame to each counted frame.
   * `exclude_damaged`: drop the sequences of h36m_tools.names.DAMAGED; the report names the policy either way.
 """
@@ -81,6 +82,8 @@ class ViewClip:
     pred3d_gt2d: np.ndarray     # (T, 17, 3) lifter on ground-truth 2-D
     base3d: np.ndarray          # (T, 17, 3) mean pose
     counted: np.ndarray         # (T,) bool: frame counted (not seen before, sampled by `every`)
+    stride: int = 1             # the shards hold every stride-th source frame (`h36m extract --every`)
+    pose3d_source: str = "world"   # where the ground truth's 3-D came from (extract.dataset.SequenceMeta)
 
 
 @dataclass
@@ -144,6 +147,8 @@ class EvalReport:
     plots: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     clip_plots: list[ClipPlot] = field(default_factory=list, repr=False)   # drawn by write_report, not saved
+    strides: list[int] = field(default_factory=lambda: [1])     # source-frame strides of the shards' clips
+    pose3d_sources: list[str] = field(default_factory=lambda: ["world"])   # 3-D ground truth sources present
 
     def row(self, method: str, metric: str) -> Row3D:
         return next(r for r in self.rows3d if r.method == method and r.metric == metric)
@@ -173,7 +178,8 @@ def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], Non
         subjects=sorted({v.subject for v in counted}, key=subject_order),
         actions=[a for a in ACTIONS if any(v.action == a for v in counted)],
         rows3d=rows3d, rows2d=rows2d, oks_sigmas=[float(s) for s in M.OKS_SIGMAS17],
-        seconds=time.perf_counter() - t0, clip_plots=plots, **info, **training_time(cfg.run))
+        seconds=time.perf_counter() - t0, clip_plots=plots, strides=sorted({v.stride for v in counted}),
+        pose3d_sources=sorted({v.pose3d_source for v in counted}), **info, **training_time(cfg.run))
     return report
 
 
@@ -256,6 +262,10 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
             for b, meta in enumerate(batch["meta"]):
                 real = int(meta.get("real_frames", len(meta["frames"])))
                 frames = np.asarray(meta["frames"][:real])
+                stride = int(meta.get("every", 1))
+                if cfg.every % stride:      # source index % every == 0 would keep only multiples of lcm(every, stride)
+                    raise ValueError(f"--every {cfg.every}: the shards hold every {stride}-th source frame only "
+                                     f"(h36m extract --every {stride}); use a multiple of {stride}")
                 keep_clip = not (cfg.exclude_damaged and is_damaged(meta["subject"], meta["sequence"]))
                 nviews = int(mask[b].sum())
                 for v in range(nviews):
@@ -278,7 +288,8 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
                         base2d=full(np.broadcast_to(mean2d * crop, (real, 17, 2))), box=box,
                         gt3d=gt3d[b, v, :real], pred3d=p3[k + v, :real].astype(np.float64),
                         pred3d_gt2d=g3[k + v, :real].astype(np.float64),
-                        base3d=np.broadcast_to(mean3d, (real, 17, 3)).astype(np.float64), counted=counted))
+                        base3d=np.broadcast_to(mean3d, (real, 17, 3)).astype(np.float64), counted=counted,
+                        stride=stride, pose3d_source=str(meta.get("pose3d_source", "world"))))
                 k += nviews
                 clips += 1
                 if keep_clip and len(plots) < cfg.clip_plots and (meta["subject"], meta["action"]) not in drawn:

@@ -29,6 +29,19 @@ TITLES = {"MPJPE": "Protocol #1: MPJPE (mm)", "P-MPJPE": "Protocol #2: P-MPJPE (
           "N-MPJPE": "N-MPJPE (mm)", "MPJVE": "MPJVE (mm/frame)"}
 
 
+#: How the reports state each 3-D source (extract.dataset.SequenceMeta.pose3d_source).
+POSE3D_WORDS = {"world": "world D3_Positions (true skeleton)",
+                "camera": "camera coordinates, D3_Positions_mono (true skeleton)",
+                "camera, universal skeleton": "camera coordinates of H36M's universal skeleton "
+                                              "(D3_Positions_mono_universal): not comparable with true-skeleton errors"}
+
+
+def _strides(strides: list[int]) -> str:
+    """[1] -> 'every source frame (50 fps)'; [5] -> 'every 5th source frame (10 fps)'."""
+    return ", ".join("every source frame (50 fps)" if s == 1 else f"every {s}-th source frame ({50 / s:g} fps; "
+                     f"MPJVE per kept frame)" for s in strides)
+
+
 def settings_lines(r: EvalReport) -> list[str]:
     """The settings every report states: data, damaged-sequence policy, frame sampling, averaging."""
     return [
@@ -36,7 +49,8 @@ def settings_lines(r: EvalReport) -> list[str]:
         f"{r.frames} (view, frame) pairs, all cameras, 17 joints.",
         f"Damaged sequences ({', '.join(r.damaged)}): {r.damaged_policy}.",
         f"Frame sampling: {'every frame' if r.every == 1 else f'every {r.every}-th frame (source index % {r.every} == 0)'}"
-        f"; frames covered by overlapping clips counted once.",
+        f" of shards holding {_strides(r.strides)}; frames covered by overlapping clips counted once.",
+        f"3-D ground truth: {'; '.join(POSE3D_WORDS.get(s, s) for s in r.pose3d_sources)}.",
         "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
         "Per action: frames pooled over subactions and subjects. Actions absent from the test data: '-'.",
         "2-D (the paper's Table I): OKS AP/AR via pycocotools, the person area from the tight box of the 17 true "
@@ -160,7 +174,8 @@ def compare_rows(reports: list[EvalReport]) -> list[list[str]]:
 
 
 def compare_markdown(reports: list[EvalReport]) -> str:
-    lines = ["# Table I and Table III: runs side by side", "", f"- {settings_lines(reports[0])[4]}",
+    two_d = next(x for x in settings_lines(reports[0]) if x.startswith("2-D"))
+    lines = ["# Table I and Table III: runs side by side", "", f"- {two_d}",
              "- F: frames per test clip (Table III). MPJPE / P-MPJPE: Avg over actions, mm.", "",
              "| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in compare_rows(reports)]

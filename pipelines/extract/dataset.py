@@ -6,7 +6,10 @@ Layout of an extracted folder:
     S1/Directions_1.parquet    one row per synchronised frame (see SCHEMA), written atomically
 
 Per-view columns hold V values in the sequence's camera order (`cameras` in the file's metadata).
-Row t is pose row / video frame `frame[t]` of every camera (extra video frames at the end are trimmed).
+Row t is pose row / video frame `frame[t]` of every camera (extra video frames at the end are trimmed); with
+`h36m extract --every N` only the frames whose index is a multiple of N are rows (`every`, fps 50 / N).
+`pose3d_source` says where the 3-D joints came from (D3_Positions, or camera coordinates through the extrinsics,
+possibly of H36M's universal skeleton): errors against the universal skeleton are not comparable with the others.
 """
 from __future__ import annotations
 
@@ -55,6 +58,8 @@ class SequenceMeta:
     bbox: str                  # 'joints' or 'mask'
     margin: float
     camera_params: list[dict] = field(default_factory=list)  # per view: Camera.to_dict() at the video's size
+    every: int = 1             # rows are the source frames whose index % every == 0 (fps = 50 / every)
+    pose3d_source: str = "world"   # names.POSE3D_SOURCES: 'world', 'camera' or 'camera, universal skeleton'
     format: int = FORMAT
 
     @property

@@ -1,15 +1,19 @@
 """`h36m extract`: a release (real or `h36m synth`) -> an extracted dataset (`extract.dataset` format).
 
-Per sequence, in one worker process: read and check the poses (D3_Positions; D3_Positions_mono and D2_Positions when
-present), probe the 4 videos, then decode each video once, front to back (one ffmpeg decoder at a time), cutting the
-person's square crop out of every frame and JPEG-encoding it once. Rows are synchronised by index (pose row i = video
-frame i of every camera), trimmed to the shortest of the videos and pose files. The data file and then its record
-are written atomically; `extract.store` rebuilds manifest.json and cameras.json from the records.
+The release may be the official unpacked tree, h36m-fetch's tree or the downloaded archives (`names.discover`);
+archive members are read in place through temporary copies (`h36m_tools.archives`). Per sequence, in one worker
+process: read the 3-D poses (D3_Positions; without it, camera coordinates from D3_Positions_mono or
+D3_Positions_mono_universal through the extrinsics), the per-camera D2_Positions / D3_Positions_mono, then camera
+after camera: probe its video, check its poses against the cameras, decode it once, front to back (one ffmpeg
+decoder and at most one temporary video copy at a time), cutting the person's square crop out of every kept frame
+(`--every N`: the frames whose index is a multiple of N) and JPEG-encoding it once. Rows are synchronised by index
+(pose row i = video frame i of every camera), trimmed to the shortest of the videos and pose files. The data file
+and then its record are written atomically; `extract.store` rebuilds manifest.json and cameras.json from the records.
 
 Outcomes per sequence: 'done'; 'skipped' (an expected gap of the release: a camera missing, unreadable or truncated
 leaves fewer than `min_views` cameras, or no poses); 'failed' (bad input: a damaged CDF, poses that disagree with
-the cameras, a mask file that cannot be read, a write that fails, a full disk). Each reason is one line naming the
-file.
+the cameras, a mask file that cannot be read, a damaged archive of its subject, a write that fails, a full disk).
+Each reason is one line naming the file (or `ARCHIVE:MEMBER`).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from h36m.h36m_tools.cameras import Camera, CameraSet, world_to_camera
+from h36m.h36m_tools.cameras import Camera, CameraSet, camera_to_world, world_to_camera
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import SequenceFiles, camera_order
 from h36m.h36m_tools.skeleton import to17
@@ -38,6 +42,14 @@ class Skip(H36MError):
     """An expected gap of the release (missing or unreadable camera, no poses): the sequence is skipped, not failed."""
 
 
+class _Damaged(Exception):
+    """The sequence's subject has a damaged archive (`SequenceFiles.problems`): it fails with that line."""
+
+    def __init__(self, line: str):
+        super().__init__(line)
+        self.line = line
+
+
 @dataclass
 class SequenceResult:
     """What happened to one sequence (picklable: returned by worker processes)."""
@@ -50,6 +62,7 @@ class SequenceResult:
     bbox: str = ""
     notes: list[str] = field(default_factory=list)
     decoded_frames: int = 0                          # video frames decoded (for speed reports)
+    pose3d_source: str = ""                          # names.POSE3D_SOURCES ('' when not done)
 
 
 @dataclass
@@ -75,58 +88,105 @@ def _check_close(path: Path, ours: np.ndarray, theirs: np.ndarray, tol: float, w
                               f"or mismatched files")
 
 
-def _read_checked(path: Path, dims: int, ours: np.ndarray, tol: float, what: str, unit: str) -> np.ndarray:
-    """The 17 joints of a per-camera CDF, checked finite and within `tol` of what we computed from D3_Positions."""
+def _read17(path, dims: int) -> np.ndarray:
+    """The 17 joints of a pose CDF (file or archive member), every row checked finite."""
     from h36m.h36m_tools.cdf import read_pose
 
-    theirs = to17(read_pose(path, dims))
-    if not np.isfinite(theirs).all():
+    joints = to17(read_pose(path, dims))
+    bad = np.flatnonzero(~np.isfinite(joints).all(axis=(1, 2)))
+    if bad.size:
+        raise H36MError(path, f"{bad.size} rows with non-finite joints (first: row {bad[0]})")
+    return joints
+
+
+def _read_finite(path, dims: int) -> np.ndarray:
+    """The 17 joints of a per-camera CDF (file or archive member), checked finite."""
+    from h36m.h36m_tools.cdf import read_pose
+
+    joints = to17(read_pose(path, dims))
+    if not np.isfinite(joints).all():
         raise H36MError(path, "non-finite joint values")
-    _check_close(path, ours, theirs, tol, what, unit)
-    return theirs
+    return joints
 
 
-def _pose_views(files: SequenceFiles, world17: np.ndarray, cameras: dict[str, Camera], cfg: ExtractConfig,
-                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per camera: 2-D joints (D2_Positions, checked against the projection of D3_Positions, else the projection)
-    and camera-frame 3-D joints (D3_Positions_mono, checked against D3_Positions through the camera, else computed)."""
-    j2d, j3d = {}, {}
-    for cid, cam in cameras.items():
-        proj = cam.project(world17)
-        cam3d = world_to_camera(world17, cam.extrinsics.R, cam.extrinsics.t)
-        if cid in files.d3_mono:
-            cam3d = _read_checked(files.d3_mono[cid], 3, cam3d, cfg.mono_tolerance_mm,
-                                  "D3_Positions_mono differs from D3_Positions through the camera", "mm")
-        if cid in files.d2:
-            proj = _read_checked(files.d2[cid], 2, proj, cfg.d2_tolerance_px,
-                                 "D2_Positions differ from the projection of D3_Positions", "px")
-        j2d[cid], j3d[cid] = proj, cam3d
-    return j2d, j3d
+@dataclass
+class _Poses:
+    """A sequence's 3-D poses: world joints, where they came from, and the camera-frame files of the same skeleton."""
+    world: np.ndarray                        # (N, 17, 3) world mm
+    source: str                              # names.POSE3D_SOURCES: 'world', 'camera', 'camera, universal skeleton'
+    what: str                                # how messages call the source ('D3_Positions', ...)
+    file: object                             # the file (Path or Member) they were read from
+    mono: dict                               # camera id -> camera-frame file (Path or Member) of the same skeleton
+    read: dict[str, np.ndarray] = field(default_factory=dict)      # camera-frame joints already read, per camera
+
+
+def _world_poses(files: SequenceFiles, cs: CameraSet) -> _Poses:
+    """World joints from D3_Positions or, without it, from the first camera's camera-frame joints through its
+    extrinsics (X_world = R^T (X_cam - t)); Skip when the sequence has no 3-D poses at all."""
+    source = files.pose3d_source
+    if source is None:
+        raise Skip(Path(files.root) / files.subject / "MyPoseFeatures" / "D3_Positions" / f"{files.name}.cdf",
+                   "no poses (file not found, nor D3_Positions_mono or D3_Positions_mono_universal files)")
+    if source == "world":
+        return _Poses(_read17(files.d3, 3), source, "D3_Positions", files.d3, files.d3_mono)
+    mono, what = ((files.d3_mono, "D3_Positions_mono") if source == "camera"
+                  else (files.d3_mono_universal, "D3_Positions_mono_universal"))
+    cid = camera_order(mono)[0]
+    cam3d = _read17(mono[cid], 3)
+    if files.subject not in cs.extrinsics or cid not in cs.extrinsics[files.subject]:
+        raise H36MError(mono[cid], f"no extrinsics for {files.subject} camera {cid}")
+    ext = cs.extrinsics[files.subject][cid]
+    return _Poses(camera_to_world(cam3d, ext.R, ext.t), source, f"camera {cid}'s {what}", mono[cid], mono,
+                  {cid: cam3d})
+
+
+def _pose_view(poses: _Poses, d2: np.ndarray | None, d2_file, mono: np.ndarray | None, mono_file,
+               camera: Camera, cfg: ExtractConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One camera's 2-D joints (D2_Positions, checked against the projection of the 3-D poses unless those are the
+    universal skeleton; else the projection) and camera-frame 3-D joints (its own file, checked against the world
+    joints through the camera; else computed)."""
+    proj = camera.project(poses.world)
+    cam3d = world_to_camera(poses.world, camera.extrinsics.R, camera.extrinsics.t)
+    if mono is not None:
+        if camera.id not in poses.read:
+            _check_close(mono_file, cam3d, mono, cfg.mono_tolerance_mm,
+                         f"{Path(str(mono_file)).parent.name} differs from {poses.what} through the cameras", "mm")
+        cam3d = mono
+    if d2 is not None:
+        if poses.source != "camera, universal skeleton":
+            _check_close(d2_file, proj, d2, cfg.d2_tolerance_px,
+                         f"D2_Positions differ from the projection of {poses.what}", "px")
+        proj = d2
+    return proj, cam3d
 
 
 # ----------------------------------------------------------------------------------------- one camera
 
-def _mask_boxes(path: Path, n: int, width: int, height: int, margin: float) -> tuple[np.ndarray, int]:
-    """(n, 4) boxes from a ground_truth_bb file (NaN where a frame has no mask or an empty one), and how many."""
+def _mask_boxes(path, n: int, width: int, height: int, margin: float) -> tuple[np.ndarray, int]:
+    """(n, 4) boxes from a ground_truth_bb file or archive member (NaN where a frame has no mask or an empty
+    one), and how many."""
+    from h36m.h36m_tools.archives import local_file
     from h36m.h36m_tools.masks import iter_masks
 
     from h36m.pipelines.extract.crop import mask_extent, square_box
 
     boxes = np.full((n, 4), np.nan)
     count = 0
-    for t, m in enumerate(iter_masks(path)):
-        if t >= n:
-            break
-        e = mask_extent(m, width, height)
-        if e is not None:
-            boxes[t] = square_box(e, margin)
-            count += 1
+    with local_file(path) as local:
+        for t, m in enumerate(iter_masks(local)):
+            if t >= n:
+                break
+            e = mask_extent(m, width, height)
+            if e is not None:
+                boxes[t] = square_box(e, margin)
+                count += 1
     return boxes, count
 
 
 def _crop_video(video: Path, camera: Camera, boxes: np.ndarray, cfg: ExtractConfig, put: Callable[[bytes], None]
                 ) -> int:
-    """Decode one video front to back, `put` the JPEG crops of its first len(boxes) frames; returns its frames."""
+    """Decode one video front to back, `put` the JPEG crops of its first len(boxes) frames that `--every` keeps
+    (frame index % every == 0); returns its frames."""
     from h36m.h36m_tools.video import VideoInfo
 
     from h36m.pipelines.extract.crop import crop_jpeg_yuv420, decode_windows
@@ -137,7 +197,7 @@ def _crop_video(video: Path, camera: Camera, boxes: np.ndarray, cfg: ExtractConf
     local = np.asarray(boxes, float) - window.offsets()
     n = 0
     for n, (y, u, v) in enumerate(iter_yuv420(video, info, window=window), start=1):
-        if n <= len(boxes):
+        if n <= len(boxes) and (n - 1) % cfg.every == 0:
             put(crop_jpeg_yuv420(y, u, v, local[n - 1], cfg.size, cfg.quality))
     return n
 
@@ -147,136 +207,138 @@ def _crop_video(video: Path, camera: Camera, boxes: np.ndarray, cfg: ExtractConf
 @dataclass
 class _Views:
     """The cameras of a sequence still in use, and why the others were left out (errors naming their files)."""
-    cameras: dict[str, Camera]
-    dropped: dict[str, H36MError]
+    total: int
     min_views: int
+    cameras: dict[str, Camera] = field(default_factory=dict)
+    dropped: dict[str, H36MError] = field(default_factory=dict)
 
-    def drop(self, cam_id: str, why: H36MError) -> None:
+    def drop(self, cam_id: str, why: H36MError, check: bool = True) -> None:
         self.cameras.pop(cam_id, None)
         self.dropped[cam_id] = why
-        self.check()
+        if check:
+            self.check()
 
     def check(self) -> None:
         """Skip the sequence when fewer than `min_views` cameras are left, naming the first camera's problem."""
-        if len(self.cameras) < self.min_views:
+        usable = self.total - len(self.dropped)
+        if usable < self.min_views:
             first = next(iter(self.dropped.values()))
-            total = len(self.cameras) + len(self.dropped)
-            raise Skip(first.path, f"{first.problem}; {len(self.cameras)} of {total} cameras usable, --min-views is "
+            raise Skip(first.path, f"{first.problem}; {usable} of {self.total} cameras usable, --min-views is "
                                    f"{self.min_views}")
 
 
-def _open_views(files: SequenceFiles, cs: CameraSet, cfg: ExtractConfig, source: str) -> _Views:
-    """Probe each camera's video (H36M's view order); cameras at the video's size."""
-    from h36m.h36m_tools.video import probe
-
-    views = _Views({}, {}, cfg.min_views)
-    for cid in camera_order(cs.intrinsics):
-        video = files.videos.get(cid)
-        try:
-            if video is None:
-                raise H36MError(Path(files.root) / files.subject / "Videos" / f"{files.name}.{cid}.mp4",
-                                "video not found")
-            info = probe(video)
-        except H36MError as e:
-            views.dropped[cid] = e
-            continue
-        views.cameras[cid] = _camera_for_video(cs, files.subject, cid, info.width, info.height, source)
-    views.check()
-    return views
-
-
-def _boxes(files: SequenceFiles, views: _Views, j2d: dict, n: int, cfg: ExtractConfig
-           ) -> tuple[dict[str, np.ndarray], str, list[str]]:
-    """Per camera (n, 4) boxes: from the masks with --bbox mask (joints where a file or a frame has none), else from
-    the 17 joints; also the method actually used and notes on fallbacks."""
+def _camera_boxes(files: SequenceFiles, camera: Camera, j2d: np.ndarray, n: int, cfg: ExtractConfig
+                  ) -> tuple[np.ndarray, bool, str | None]:
+    """One camera's (n, 4) boxes: from its masks with --bbox mask (joints where the file or a frame has none), else
+    from the 17 joints; also whether a mask was used, and a note on the fallback."""
     from h36m.pipelines.extract.crop import joints_box
 
-    boxes, notes, used_mask = {}, [], False
-    for cid, cam in views.cameras.items():
-        boxes[cid] = joints_box(j2d[cid][:n], cfg.margin)
-        if cfg.bbox != "mask":
-            continue
-        if cid not in files.masks:
-            notes.append(f"camera {cid}: no mask file, boxes from joints")
-            continue
-        mb, count = _mask_boxes(files.masks[cid], n, cam.intrinsics.width, cam.intrinsics.height, cfg.margin)
-        ok = ~np.isnan(mb[:, 0])
-        boxes[cid][ok] = mb[ok]
-        used_mask = used_mask or bool(ok.any())
-        if count < n:
-            notes.append(f"camera {cid}: {n - count} frames without a mask, boxes from joints")
-    if cfg.bbox == "mask" and not files.masks:
-        notes = [f"no masks for {files.subject}: boxes from joints"]
-    return boxes, ("mask" if used_mask else "joints"), notes
-
-
-def _decode_views(files: SequenceFiles, views: _Views, boxes: dict, n: int, cfg: ExtractConfig, spool: Spool
-                  ) -> dict[str, int]:
-    """Decode each camera once, front to back, spooling its crops; video frames per camera kept. A camera that
-    cannot be decoded, or is much shorter than the poses (truncated), is left out."""
-    frames = {}
-    for cid in list(views.cameras):
-        try:
-            frames[cid] = _crop_video(files.videos[cid], views.cameras[cid], boxes[cid], cfg,
-                                      lambda data, cid=cid: spool.put(cid, data))
-        except H36MError as e:
-            spool.drop(cid)
-            views.drop(cid, e)
-            continue
-        if frames[cid] < n - cfg.max_short_frames:
-            spool.drop(cid)
-            views.drop(cid, H36MError(files.videos[cid], f"truncated video ({frames.pop(cid)} frames, the poses "
-                                                         f"have {n})"))
-    return frames
+    boxes = joints_box(j2d[:n], cfg.margin)
+    if cfg.bbox != "mask":
+        return boxes, False, None
+    if camera.id not in files.masks:
+        return boxes, False, f"camera {camera.id}: no mask file, boxes from joints"
+    mb, count = _mask_boxes(files.masks[camera.id], n, camera.intrinsics.width, camera.intrinsics.height,
+                            cfg.margin)
+    ok = ~np.isnan(mb[:, 0])
+    boxes[ok] = mb[ok]
+    note = f"camera {camera.id}: {n - count} frames without a mask, boxes from joints" if count < n else None
+    return boxes, bool(ok.any()), note
 
 
 def _extract(files: SequenceFiles, cfg: ExtractConfig, cs: CameraSet, source: str) -> tuple[SequenceResult, dict]:
-    from h36m.h36m_tools.cdf import read_pose
+    """One sequence: the poses first (CDFs), then camera after camera in H36M's view order: its video (a temporary
+    copy when it is an archive member, removed after) probed, its poses checked, its boxes made, then decoded once
+    front to back with the crops spooled. A camera whose video is missing, unreadable or truncated is left out."""
+    from h36m.h36m_tools.archives import local_file, name_member
+    from h36m.h36m_tools.video import probe
 
     from h36m.pipelines.extract.crop import to_crop
 
-    if files.d3 is None:
-        raise Skip(Path(files.root) / files.subject / "MyPoseFeatures" / "D3_Positions" / f"{files.name}.cdf",
-                   "no poses (file not found)")
-    world17 = to17(read_pose(files.d3, 3))
-    bad = np.flatnonzero(~np.isfinite(world17).all(axis=(1, 2)))
-    if bad.size:
-        raise H36MError(files.d3, f"{bad.size} rows with non-finite joints (first: row {bad[0]})")
-    views = _open_views(files, cs, cfg, source)
-    j2d, j3d = _pose_views(files, world17, views.cameras, cfg)
-    n_pose = min([len(world17)] + [len(a) for a in j2d.values()] + [len(a) for a in j3d.values()])
-    boxes, bbox, notes = _boxes(files, views, j2d, n_pose, cfg)
+    poses = _world_poses(files, cs)
+    order = camera_order(cs.intrinsics)
+    views = _Views(len(order), cfg.min_views)
+    for cid in order:
+        if cid not in files.videos:
+            views.drop(cid, H36MError(Path(files.root) / files.subject / "Videos" / f"{files.name}.{cid}.mp4",
+                                      "video not found"), check=False)
+    views.check()
+    ids = [c for c in order if c in files.videos]
+    d2 = {c: _read_finite(files.d2[c], 2) for c in ids if c in files.d2}
+    mono = {c: poses.read.get(c) if c in poses.read else _read_finite(poses.mono[c], 3)
+            for c in ids if c in poses.mono}
+    n_pose = min([len(poses.world)] + [len(a) for a in (*d2.values(), *mono.values())])
 
     path = sequence_path(cfg.out, files.subject, files.name)
     spool = None
+    boxes, j2d, j3d, video_frames, notes, used_mask = {}, {}, {}, {}, [], False
     try:
         spool = Spool(path.parent)
-        video_frames = _decode_views(files, views, boxes, n_pose, cfg, spool)
+        for cid in ids:
+            ref = files.videos[cid]
+            try:
+                with local_file(ref, path.parent) as video:
+                    try:
+                        info = probe(video)
+                    except H36MError as e:
+                        views.drop(cid, name_member(e, video, ref))
+                        continue
+                    cam = _camera_for_video(cs, files.subject, cid, info.width, info.height, source)
+                    views.cameras[cid] = cam
+                    j2d[cid], j3d[cid] = _pose_view(poses, d2.get(cid), files.d2.get(cid), mono.get(cid),
+                                                    poses.mono.get(cid), cam, cfg)
+                    boxes[cid], mask_used, note = _camera_boxes(files, cam, j2d[cid], n_pose, cfg)
+                    used_mask = used_mask or mask_used
+                    notes += [note] if note else []
+                    try:
+                        frames = _crop_video(video, cam, boxes[cid], cfg, lambda data, c=cid: spool.put(c, data))
+                    except H36MError as e:
+                        spool.drop(cid)
+                        views.drop(cid, name_member(e, video, ref))
+                        continue
+            except H36MError as e:
+                if e.path != str(ref):          # the archive member could not be copied: that camera only
+                    raise
+                views.drop(cid, e)
+                continue
+            if frames < n_pose - cfg.max_short_frames:
+                spool.drop(cid)
+                views.drop(cid, H36MError(ref, f"truncated video ({frames} frames, the poses have {n_pose})"))
+                continue
+            video_frames[cid] = frames
+        if cfg.bbox == "mask" and not files.masks:
+            notes = [f"no masks for {files.subject}: boxes from joints"]
+        if poses.source == "camera, universal skeleton":
+            notes.append("3-D joints of the universal skeleton (D3_Positions_mono_universal): not comparable with "
+                         "results on the true skeleton" + ("" if files.d2 else "; 2-D joints projected from them"))
         notes += [f"camera {cid} left out: {why}" for cid, why in views.dropped.items()]
-        ids = list(views.cameras)
+        ids = [c for c in ids if c in video_frames]
         T = min([n_pose] + [video_frames[c] for c in ids])
         if T < 1:
-            raise Skip(files.d3, "no frame common to the poses and the videos")
-        trimmed = {**{c: video_frames[c] - T for c in ids}, "poses": len(world17) - T}
-        box = np.stack([boxes[c][:T] for c in ids], axis=1)                       # (T, V, 4)
-        pose2d = np.stack([j2d[c][:T] for c in ids], axis=1)                      # (T, V, 17, 2)
+            raise Skip(poses.file, "no frame common to the poses and the videos")
+        trimmed = {**{c: video_frames[c] - T for c in ids}, "poses": len(poses.world) - T}
+        keep = np.arange(0, T, cfg.every)
+        box = np.stack([boxes[c][keep] for c in ids], axis=1)                    # (K, V, 4)
+        pose2d = np.stack([j2d[c][keep] for c in ids], axis=1)                   # (K, V, 17, 2)
         arrays = SequenceArrays(
-            frame=np.arange(T), pose3d=world17[:T], pose3d_cam=np.stack([j3d[c][:T] for c in ids], axis=1),
-            pose2d=pose2d, pose2d_crop=to_crop(pose2d, box, cfg.size), box=box, jpeg=spool.rows(ids, T))
+            frame=keep, pose3d=poses.world[keep], pose3d_cam=np.stack([j3d[c][keep] for c in ids], axis=1),
+            pose2d=pose2d, pose2d_crop=to_crop(pose2d, box, cfg.size), box=box, jpeg=spool.rows(ids, len(keep)))
         camera_params = [views.cameras[c].to_dict() for c in ids]
-        meta = SequenceMeta(subject=files.subject, sequence=files.name, action=files.action, cameras=ids, fps=50.0,
-                            crop_size=cfg.size, frames=T, trimmed=trimmed, bbox=bbox, margin=float(cfg.margin),
-                            camera_params=camera_params)
+        meta = SequenceMeta(subject=files.subject, sequence=files.name, action=files.action, cameras=ids,
+                            fps=50.0 / cfg.every, crop_size=cfg.size, frames=len(keep), trimmed=trimmed,
+                            bbox="mask" if used_mask else "joints", margin=float(cfg.margin),
+                            camera_params=camera_params, every=cfg.every, pose3d_source=poses.source)
         write_sequence(path, meta, arrays)
-    except OSError as e:         # a full disk while spooling or writing
+    except OSError as e:         # a full disk while spooling, copying a member or writing
         raise H36MError(path, f"cannot write ({e.strerror or e})") from None
     finally:
         if spool is not None:
             spool.close()
-    entry = {"subject": files.subject, "sequence": files.name, "action": files.action, "frames": T, "cameras": ids,
-             "trimmed": trimmed, "file": path.relative_to(cfg.out).as_posix(), "bbox": bbox, "notes": notes}
-    result = SequenceResult(files.key, "done", frames=T, cameras=ids, trimmed=trimmed, bbox=bbox, notes=notes,
-                            decoded_frames=sum(video_frames.values()))
+    entry = {"subject": files.subject, "sequence": files.name, "action": files.action, "frames": len(keep),
+             "cameras": ids, "trimmed": trimmed, "file": path.relative_to(cfg.out).as_posix(), "bbox": meta.bbox,
+             "notes": notes, "pose3d_source": poses.source}
+    result = SequenceResult(files.key, "done", frames=len(keep), cameras=ids, trimmed=trimmed, bbox=meta.bbox,
+                            notes=notes, decoded_frames=sum(video_frames.values()), pose3d_source=poses.source)
     return result, {"entry": entry, "camera_params": camera_params, "bytes": path.stat().st_size}
 
 
@@ -288,11 +350,15 @@ def extract_sequence(files: SequenceFiles, cfg: ExtractConfig) -> SequenceResult
     options = cfg.output_options()
     record = {"key": files.key, "options": options}
     try:
+        if files.problems:           # a damaged archive of its subject: one line naming the archive and member
+            raise _Damaged(files.problems[0])
         cs = load_cameras(cfg)
         result, extra = _extract(files, cfg, cs, str(cfg.cameras or BUNDLED_CAMERAS))
         record.update(status="done", **extra)
     except Skip as e:
         result = SequenceResult(files.key, "skipped", str(e))
+    except _Damaged as e:
+        result = SequenceResult(files.key, "failed", e.line)
     except H36MError as e:
         result = SequenceResult(files.key, "failed", str(e))
     except MemoryError:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from h36m.h36m_tools.cameras import CAMERA_IDS, CameraSet
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.names import SequenceFiles, discover
+from h36m.h36m_tools.archives import Member, local_file
+from h36m.h36m_tools.names import LAYOUTS, SequenceFiles, discover
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ExtractConfig:
     max_short_frames: int = 10                   # a video this much shorter than the poses counts as truncated
     d2_tolerance_px: float = 0.01                # D2_Positions vs projected D3_Positions
     mono_tolerance_mm: float = 1.0               # D3_Positions_mono vs D3_Positions through the cameras
+    every: int = 1                               # keep every N-th frame (source index % N == 0)
 
     def __post_init__(self):
         if self.bbox not in ("joints", "mask"):
@@ -35,11 +37,17 @@ class ExtractConfig:
             raise ValueError(f"--part must be I/N with 1 <= I <= N, not {self.part[0]}/{self.part[1]}")
         if self.size < 8 or self.margin < 1.0 or not 1 <= self.quality <= 100 or not 1 <= self.min_views <= 4:
             raise ValueError("need --size >= 8, --margin >= 1, --quality 1-100, --min-views 1-4")
+        if self.every < 1:
+            raise ValueError(f"--every must be >= 1, not {self.every}")
 
     def output_options(self) -> dict:
-        """The options that shape the output files (stored in the manifest; a resumed run must use the same)."""
-        return {"bbox": self.bbox, "cameras": str(Path(self.cameras).resolve()) if self.cameras else "bundled",
-                "margin": float(self.margin), "quality": int(self.quality), "size": int(self.size)}
+        """The options that shape the output files (stored in the manifest; a resumed run must use the same).
+        `every` is there only when it is not 1, so folders extracted before it existed stay valid."""
+        options = {"bbox": self.bbox, "cameras": str(Path(self.cameras).resolve()) if self.cameras else "bundled",
+                   "margin": float(self.margin), "quality": int(self.quality), "size": int(self.size)}
+        if self.every != 1:
+            options["every"] = int(self.every)
+        return options
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -76,7 +84,7 @@ def load_cameras(cfg: ExtractConfig) -> CameraSet:
 class PlannedSequence:
     """One sequence found in the release, with what this run will do about it."""
     files: SequenceFiles
-    pose_frames: int | None       # rows of D3_Positions (None: missing or unreadable; the run reports why)
+    pose_frames: int | None       # rows of the 3-D pose file (None: missing or unreadable; the run reports why)
     status: str                   # 'todo', 'done' (already extracted: skipped on resume) or 'other part'
 
     @property
@@ -95,26 +103,35 @@ class Plan:
         return [s for s in self.sequences if s.status == "todo"]
 
     def by_subject(self) -> list[dict]:
-        """Per subject: sequences, videos found, pose frames, already done, to do, other parts (for printing)."""
+        """Per subject: the layouts its files came from, the 3-D sources, sequences, videos found, pose frames,
+        already done, to do, other parts (for printing)."""
         rows: dict[str, dict] = {}
         for s in self.sequences:
-            r = rows.setdefault(s.files.subject, {"subject": s.files.subject, "sequences": 0, "videos": 0,
-                                                  "pose_frames": 0, "done": 0, "todo": 0, "other part": 0})
+            r = rows.setdefault(s.files.subject, {"subject": s.files.subject, "layout": set(), "pose3d": set(),
+                                                  "sequences": 0, "videos": 0, "pose_frames": 0, "done": 0,
+                                                  "todo": 0, "other part": 0})
+            r["layout"].update(s.files.layouts)
+            r["pose3d"].add(s.files.pose3d_source or "none")
             r["sequences"] += 1
             r["videos"] += len(s.files.videos)
             r["pose_frames"] += s.pose_frames or 0
             r[s.status] += 1
+        for r in rows.values():
+            r["layout"] = "+".join(x for x in LAYOUTS if x in r["layout"])
+            r["pose3d"] = " / ".join(sorted(r["pose3d"]))
         return list(rows.values())
 
 
-def pose_frames(path: Path | None) -> int | None:
-    """Rows of a pose CDF from its header (no data read); None if missing or unreadable."""
+def pose_frames(path: Path | Member | None) -> int | None:
+    """Rows of a pose CDF from its header (no data read; an archive member is copied first); None if missing or
+    unreadable."""
     if path is None:
         return None
     try:
         import cdflib
 
-        dims = cdflib.CDF(str(path)).varinq("Pose").Dim_Sizes
+        with local_file(path) as local:
+            dims = cdflib.CDF(str(local)).varinq("Pose").Dim_Sizes
         return int(dims[0]) if len(dims) == 2 else None
     except Exception:   # any damage is reported when the sequence is processed
         return None
@@ -133,7 +150,7 @@ def make_plan(cfg: ExtractConfig, is_done=None) -> Plan:
             status = "done"
         else:
             status = "todo"
-        plan.sequences.append(PlannedSequence(files, pose_frames(files.d3), status))
+        plan.sequences.append(PlannedSequence(files, pose_frames(files.pose3d_file), status))
     return plan
 
 

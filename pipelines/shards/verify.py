@@ -3,6 +3,7 @@ keys, the index's counts, sizes and checksums). Nothing is fixed; the report is 
 from __future__ import annotations
 
 import json
+import math
 import re
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
@@ -66,8 +67,15 @@ def check_clip_values(clip) -> list[str]:
     if not 1 <= int(meta["real_frames"]) <= F:
         out.append(f"real_frames {meta['real_frames']} outside 1..{F}")
     frames = np.asarray(meta["frames"])
-    if np.any(np.diff(frames) < 0) or np.any(np.diff(frames[: int(meta["real_frames"])]) != 1):
-        out.append("frames are not consecutive source frames")
+    every = meta.get("every", 1)          # optional: clips of `h36m extract --every N` step N source frames
+    if not isinstance(every, int) or every < 1:
+        out.append(f"every {every!r} is not a positive integer")
+        every = 1
+    if np.any(np.diff(frames) < 0) or np.any(np.diff(frames[: int(meta["real_frames"])]) != every):
+        out.append("frames are not consecutive source frames" if every == 1 else
+                   f"frames are not consecutive kept frames (every {every}-th source frame)")
+    if every != 1 and not math.isclose(float(meta["fps"]), 50.0 / every):
+        out.append(f"fps {meta['fps']} is not 50 / every ({every})")
     if [c["id"] for c in clip.cameras] != [str(c) for c in meta["cameras"]]:
         out.append("cameras.json ids differ from meta.json cameras")
     for name in ARRAYS:

@@ -239,6 +239,8 @@ def make_clip(meta, arrays, frames: int) -> Clip:
     clip_meta = {"format": FORMAT, "subject": meta.subject, "sequence": meta.sequence, "action": meta.action,
                  "cameras": list(meta.cameras), "frames": src, "real_frames": real, "fps": meta.fps,
                  "crop_size": int(meta.crop_size)}
+    if meta.every != 1 or meta.pose3d_source != "world":     # optional fields, absent for the defaults
+        clip_meta.update(every=int(meta.every), pose3d_source=meta.pose3d_source)
     cams = [{f: p[f] for f in CAMERA_FIELDS} for p in meta.camera_params]
     return Clip(key=clip_key(meta.subject, meta.sequence, src[0]), meta=clip_meta, cameras=cams,
                 pose3d=arrays.pose3d[idx], pose3d_cam=arrays.pose3d_cam[idx].transpose(1, 0, 2, 3),

@@ -6,6 +6,11 @@ real sizes times `scale`), `MyPoseFeatures/D3_Positions/<Seq>.cdf` (world mm), `
 `MySegmentsMat/ground_truth_bb/<Seq>.<cam>.mat` (MAT v7.3 box masks), with the subjects' real sequence names and
 the real cameras (intrinsics scaled by `scale`: a reader learns it as video width / 1000).
 
+`write_layout` rewrites a release the two other ways users have it: the tree anibali/h36m-fetch leaves
+(`S1/Videos/`, `S1/Poses_D2_Positions/`, `S1/Poses_D3_Positions_mono_universal/`; no world D3_Positions, no
+masks) and the official per-subject archives (`Videos_S1.tgz`, `Poses_D3_Positions_S1.tgz`, ...), whose members are
+the unpacked tree's paths.
+
 The real quirks, on by default (`quirks=False` turns them off):
   * cameras 55011271 and 58860488 record 2-3 more video frames than the pose files hold;
   * S11 `Directions` camera 54138969 is truncated mid-file (undecodable), when S11 is generated;
@@ -152,3 +157,57 @@ def run_synth(cfg: SynthConfig, on_done: Callable[[dict], None] | None = None) -
                     on_done(results[-1])
     results.sort(key=lambda r: (int(r["subject"][1:]), r["sequence"]))
     return results
+
+
+#: The official per-subject archives: name prefix -> the subject folder they unpack to.
+ARCHIVES = {"Videos": "Videos", "Poses_D3_Positions": "MyPoseFeatures/D3_Positions",
+            "Poses_D3_Positions_mono": "MyPoseFeatures/D3_Positions_mono",
+            "Poses_D2_Positions": "MyPoseFeatures/D2_Positions",
+            "Segments_mat_gt_bb": "MySegmentsMat/ground_truth_bb"}
+#: h36m-fetch's tree: its folder -> the unpacked tree's folder it comes from. The synthetic camera-frame poses stand
+#: in for the universal skeleton's (a synthetic subject's skeleton is its own).
+FETCH_FOLDERS = {"Videos": "Videos", "Poses_D2_Positions": "MyPoseFeatures/D2_Positions",
+                 "Poses_D3_Positions_mono_universal": "MyPoseFeatures/D3_Positions_mono"}
+LAYOUTS = ("unpacked", "h36m-fetch", "archives")
+
+
+def write_layout(release: str | Path, out: str | Path, layout: str) -> Path:
+    """Write the unpacked release `release` into `out` as `layout` ('unpacked': a copy; 'h36m-fetch'; 'archives':
+    one gzip tar per subject and kind, members in name order, fixed times and owners so equal input gives equal
+    bytes). Files are hard-linked where the file system allows (the release is read-only to readers)."""
+    import shutil
+    import tarfile
+
+    release, out = Path(release), Path(out)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def link(src: Path, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+
+    subjects = sorted((p for p in release.iterdir() if p.is_dir() and p.name[:1] == "S"), key=lambda p: p.name)
+    for sdir in subjects:
+        if layout == "unpacked":
+            for src in sorted(p for p in sdir.rglob("*") if p.is_file()):
+                link(src, out / src.relative_to(release))
+        elif layout == "h36m-fetch":
+            for folder, source in FETCH_FOLDERS.items():
+                for src in sorted((sdir / source).glob("*")):
+                    link(src, out / sdir.name / folder / src.name)
+        else:
+            for prefix, folder in ARCHIVES.items():
+                files = sorted((sdir / folder).glob("*"))
+                if not files:
+                    continue
+                with tarfile.open(out / f"{prefix}_{sdir.name}.tgz", "w:gz", format=tarfile.GNU_FORMAT) as tar:
+                    for src in files:
+                        info = tar.gettarinfo(src, f"{sdir.name}/{folder}/{src.name}")
+                        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                        with open(src, "rb") as fh:
+                            tar.addfile(info, fh)
+    return out
