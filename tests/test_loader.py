@@ -51,10 +51,12 @@ def test_batch_contract_and_content(shards, extracted):
     batches = list(loader)
     assert len(loader) == len(batches) == 2 and loader.stats.samples == 8          # floor(10 / 4) batches
     b = batches[0]
-    assert set(b) == {"images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "key", "meta", "cameras"}
+    assert set(b) == {"images", "pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "view_index", "key", "meta",
+                      "cameras"}
     want = {"images": ((4, 4, FRAMES, 3, 64, 64), torch.uint8), "pose2d": ((4, 4, FRAMES, 17, 2), torch.float32),
             "pose3d_cam": ((4, 4, FRAMES, 17, 3), torch.float32), "pose3d": ((4, FRAMES, 17, 3), torch.float32),
-            "box": ((4, 4, FRAMES, 4), torch.float32), "view_mask": ((4, 4), torch.bool)}
+            "box": ((4, 4, FRAMES, 4), torch.float32), "view_mask": ((4, 4), torch.bool),
+            "view_index": ((4, 4), torch.int64)}
     for name, (shape, dtype) in want.items():
         assert tuple(b[name].shape) == shape and b[name].dtype == dtype, name
     assert len(b["key"]) == len(b["meta"]) == len(b["cameras"]) == 4

@@ -145,11 +145,11 @@ def rich_tables(r: EvalReport, width: int = 200) -> list:
     t = Table(title=f"Table I: 2-D (MSE in {r.input_size} px input crops and in full-frame px; time per training "
                     f"epoch {_cell(r.epoch_time_s, 1)} s)", title_justify="left")
     t.add_column("Method")
-    for k in ("AP", "AR", *r.rows2d[0].pck, "MSE in", "MSE full", "Mean full"):
-        t.add_column(k, justify="right")
+    for k in ("AP", "AR", *r.rows2d[0].pck, "MSE in", "MSE full"):
+        t.add_column(k, justify="right", no_wrap=True)
     for row in r.rows2d:
         t.add_row(row.method, _cell(row.ap, 3), _cell(row.ar, 3), *[f"{v:.3f}" for v in row.pck.values()],
-                  _cell(row.mse_input_px2, 2), _cell(row.mse_px2, 1), _cell(row.mean_px, 2))
+                  _cell(row.mse_input_px2, 1), _cell(row.mse_px2, 0))
     out.append(t)
     return out
 

@@ -17,7 +17,7 @@ from h36m.h36m_tools.cameras import Camera, Intrinsics, project, world_to_camera
 from h36m.h36m_tools.skeleton import PARENTS32
 from h36m.pipelines.synth.motion import HEAD_RADIUS_MM, LIMB_RADIUS_MM
 
-LIMB_COLOR = np.array([170, 110, 60])     # BGR: both arms and both legs
+LIMB_COLOR = np.array([200, 120, 40])     # BGR: both arms and both legs
 TORSO_COLOR = np.array([90, 150, 90])
 SKIN_COLOR = np.array([120, 160, 215])
 FACE_COLOR = np.array([40, 40, 70])       # the face spot on the front of the head
