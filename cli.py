@@ -252,15 +252,19 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
 @click.option("--tail", type=click.Choice(["drop", "pad"]), default="drop", show_default=True,
               help="Frames at a sequence's end that do not fill a clip: drop them, or pad one clip by repeating "
                    "the last frame (meta.json real_frames says how many are real).")
-def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_seed, no_shuffle, tail):
+@workers_option(help="Processes writing shards [default: all cores]; the output is the same for any number.")
+def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_seed, no_shuffle, tail, workers):
     """Write WebDataset shards OUT/{split}-NNNNNN.tar of F-frame multi-view clips of EXTRACTED, and
     OUT/{split}-index.json. Deterministic and resumable; both splits can share OUT."""
+    import os
+
     from h36m.h36m_tools.names import parse_subjects
     from h36m.pipelines.shards.writer import ShardConfig, plan_clips, write_shards
 
     cfg = ShardConfig(extracted=extracted, out=out, frames=frames, stride=stride, split=split,
                       subjects=parse_subjects(subjects) if subjects else None, shard_mb=shard_mb,
-                      shuffle_seed=None if no_shuffle else shuffle_seed, tail=tail)
+                      shuffle_seed=None if no_shuffle else shuffle_seed, tail=tail,
+                      workers=workers or os.cpu_count() or 1)
     plan = plan_clips(cfg)
     console = _console()
     console.print(f"shard {extracted} -> {out}: {split} split ({','.join(cfg.chosen_subjects)}), {len(plan.clips)} "
