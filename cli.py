@@ -252,15 +252,19 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
 @click.option("--tail", type=click.Choice(["drop", "pad"]), default="drop", show_default=True,
               help="Frames at a sequence's end that do not fill a clip: drop them, or pad one clip by repeating "
                    "the last frame (meta.json real_frames says how many are real).")
-def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_seed, no_shuffle, tail):
+@workers_option(help="Processes writing shards [default: all cores]; the output is the same for any number.")
+def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_seed, no_shuffle, tail, workers):
     """Write WebDataset shards OUT/{split}-NNNNNN.tar of F-frame multi-view clips of EXTRACTED, and
     OUT/{split}-index.json. Deterministic and resumable; both splits can share OUT."""
+    import os
+
     from h36m.h36m_tools.names import parse_subjects
     from h36m.pipelines.shards.writer import ShardConfig, plan_clips, write_shards
 
     cfg = ShardConfig(extracted=extracted, out=out, frames=frames, stride=stride, split=split,
                       subjects=parse_subjects(subjects) if subjects else None, shard_mb=shard_mb,
-                      shuffle_seed=None if no_shuffle else shuffle_seed, tail=tail)
+                      shuffle_seed=None if no_shuffle else shuffle_seed, tail=tail,
+                      workers=workers or os.cpu_count() or 1)
     plan = plan_clips(cfg)
     console = _console()
     console.print(f"shard {extracted} -> {out}: {split} split ({','.join(cfg.chosen_subjects)}), {len(plan.clips)} "
@@ -369,8 +373,11 @@ def _train_progress(console):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file of TrainConfig fields (and [model] overrides); options given here win.")
 @click.option("--init", help="Run folder or checkpoint to start from (e.g. the 2d run for --stage lift).")
-@click.option("--lift-inputs", type=click.Choice(["gt", "pred"]),
-              help="Lift stage inputs: ground-truth 2-D + noise, or the network's own 2-D predictions.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="Lift stage: the extracted dataset whose whole sequences it trains on (no shards).")
+@click.option("--keypoints", help="Lift stage 2-D inputs: gt, or a VideoPose3D 2-D .npz (h36m predict) [default: gt].")
+@click.option("--train-subjects", help="Lift stage training subjects [default: S1,S5,S6,S7,S8].")
+@click.option("--flip/--no-flip", default=None, help="Lift stage: mirrored copies of every window [default: on].")
 @click.option("--epochs", type=click.IntRange(1))
 @batch_size_option(help="Clips per process per micro-batch.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
@@ -389,14 +396,15 @@ def _train_progress(console):
               help="Random crop transform of the 2d stage [default: the preset's recipe: paper mmpose, tiny mild].")
 @click.option("--no-augment", "no_augment", is_flag=True, default=None, help="No flip and no crop transform.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out at its last checkpoint.")
-def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, batch_size, lr, grad_accum, workers,
-          seed, max_steps, checkpoint_every, device, compile_, pretrained_spatial, pretrained_relations, affine,
-          no_augment, resume):
+def train(shards, out, preset, stage, config_file, init, data, keypoints, train_subjects, flip, epochs, batch_size, lr,
+          grad_accum, workers, seed, max_steps, checkpoint_every, device, compile_, pretrained_spatial,
+          pretrained_relations, affine, no_augment, resume):
     """Train the pose network (one stage) on shards; several processes through torchrun.
 
     \b
       h36m train --shards 'SH/train-*.tar' --out runs/2d --stage 2d
-      h36m train --shards 'SH/train-*.tar' --out runs/lift --stage lift --init runs/2d
+      h36m train --data EXTRACTED --out runs/lift --stage lift --keypoints gt
+      h36m train --data EXTRACTED --out runs/lift --stage lift --keypoints pred.npz --init runs/2d
       torchrun --nproc_per_node 2 -m h36m train --shards 'SH/train-*.tar' --out runs/2d
     """
     _openmp_env()
@@ -414,7 +422,8 @@ def train(shards, out, preset, stage, config_file, init, lift_inputs, epochs, ba
                               workers=workers, checkpoint_every=checkpoint_every, device=device, compile=compile_)
         else:
             cfg = build_config(config_file, shards=shards, out=str(out), preset=preset, stage=stage, init=init,
-                               lift_inputs=lift_inputs, epochs=epochs, batch_size=batch_size, lr=lr,
+                               data=str(data) if data else None, keypoints=keypoints, subjects=train_subjects,
+                               flip=flip, epochs=epochs, batch_size=batch_size, lr=lr,
                                grad_accum=grad_accum, workers=workers, seed=seed, max_steps=max_steps,
                                checkpoint_every=checkpoint_every, device=device, compile=compile_,
                                pretrained_spatial=pretrained_spatial, pretrained_relations=pretrained_relations,
@@ -443,7 +452,12 @@ def _print_report(console, report):
 @main.command()
 @click.option("--run", "run_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
               help="Run folder (or checkpoint file) of h36m train; repeat it to compare runs (Table I / III).")
-@click.option("--shards", required=True, help="Test shard URLs (S9/S11), e.g. 'SH/test-*.tar'.")
+@click.option("--shards", help="Test shard URLs (S9/S11), e.g. 'SH/test-*.tar' (2d and joint runs).")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="Lift runs: the extracted dataset holding S9/S11 [default: the run's --data].")
+@click.option("--keypoints", multiple=True, help="Lift runs: a 2-D source, gt or a VideoPose3D 2-D .npz; one row "
+              "each; repeat it [default: gt and the file the run trained on].")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Lift runs: test-time flip averaging.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report folder [default: RUN/eval]; with several runs, the comparison's folder [default: "
                    "eval-compare] (each run's own report still goes to RUN/eval).")
@@ -454,30 +468,41 @@ def _print_report(console, report):
 @workers_option(2, "Loader processes.", low=0)
 @device_option("auto")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
-def evaluate(run_dirs, shards, out, exclude_damaged, every, batch_size, workers, device, no_plots):
-    """Evaluate runs on test shards: Table I (2-D OKS AP/AR, PCK, MSE, time per epoch) and Table II (3-D MPJPE,
-    P-MPJPE, N-MPJPE, MPJVE per action) with a mean-pose baseline; writes results.json/.csv/.md and plots per run.
-    Several --run: each run's report, then one table with a row per run (Table I / III), compare.md/.csv."""
+def evaluate(run_dirs, shards, data, keypoints, flip, out, exclude_damaged, every, batch_size, workers, device,
+             no_plots):
+    """Evaluate runs. A lift run: Table II (MPJPE, P-MPJPE per action) on whole S9/S11 sequences of an extracted
+    dataset, for ground-truth 2-D and each keypoints file, flip-averaged, against a mean-pose baseline. Other runs, on
+    test shards: Table I (2-D OKS AP/AR, PCK, MSE, time per epoch) and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action,
+    with a mean-pose baseline. Writes results.json/.csv/.md (and plots) per run. Several 2d/joint runs: then one
+    table with a row per run (Table I / III), compare.md/.csv."""
     _openmp_env()
     from h36m.pipelines.evaluate.report import compare_table, write_comparison
 
     console = _console()
     several = len(run_dirs) > 1
-    reports = [_evaluate_run(console, run, shards, None if several else out, exclude_damaged, every, batch_size,
-                             workers, device, no_plots, quiet=several) for run in run_dirs]
-    if several:
+    reports = [_evaluate_run(console, run, shards, data, keypoints, flip, None if several else out, exclude_damaged,
+                             every, batch_size, workers, device, no_plots, quiet=several) for run in run_dirs]
+    reports = [r for r in reports if r is not None]          # lift runs print their own Table II
+    if len(reports) > 1:
         console.print(compare_table(reports))
         files = write_comparison(reports, out or Path("eval-compare"))
         console.print(f"comparison: {', '.join(files)}", soft_wrap=True, markup=False)
 
 
-def _evaluate_run(console, run_dir, shards, out, exclude_damaged, every, batch_size, workers, device, no_plots,
-                  quiet: bool):
-    """One run's evaluation with its progress bar; prints its tables unless `quiet`; returns the report."""
+def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_damaged, every, batch_size, workers,
+                  device, no_plots, quiet: bool):
+    """One run's evaluation with its progress bar; prints its tables unless `quiet` (a lift run: its Table II,
+    always); returns the report of a 2d / joint run, None for a lift run."""
     from h36m.pipelines.evaluate.evaluate import EvalConfig, default_out
     from h36m.pipelines.evaluate.evaluate import evaluate as run_eval
     from h36m.pipelines.evaluate.report import write_report
+    from h36m.pipelines.evaluate.table2 import is_lift_run
 
+    if is_lift_run(str(run_dir)):
+        _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, device)
+        return None
+    if not shards:
+        _fail(f"{run_dir}: a 2d or joint run is evaluated on test shards: give --shards")
     cfg = EvalConfig(run=str(run_dir), shards=shards, out=str(out) if out else None, exclude_damaged=exclude_damaged,
                      every=every, batch_size=batch_size, workers=workers, device=device, plots=not no_plots)
     progress = _progress(console)
@@ -502,16 +527,96 @@ def _evaluate_run(console, run_dir, shards, out, exclude_damaged, every, batch_s
     return report
 
 
+def _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, device):
+    from h36m.pipelines.evaluate.report import write_lift_report
+    from h36m.pipelines.evaluate.table2 import LiftEvalConfig, evaluate_lift
+
+    console = _console()
+    cfg = LiftEvalConfig(run=str(run_dir), data=str(data) if data else None, keypoints=tuple(keypoints), flip=flip,
+                         exclude_damaged=exclude_damaged, every=every, device=device)
+    with _progress(console) as progress:
+        task = progress.add_task("view sequences", total=None)
+        report = evaluate_lift(cfg, on_progress=lambda done, total: progress.update(task, completed=done,
+                                                                                      total=total))
+    run = Path(run_dir)
+    write_lift_report(report, Path(out) if out else (run if run.is_dir() else run.parent) / "eval")
+    _print_lift_report(console, report)
+
+
+def _print_lift_report(console, report):
+    from h36m.pipelines.evaluate.report import lift_rich_tables, lift_settings_lines
+
+    for table in lift_rich_tables(report, width=console.width):
+        console.print(table)
+    for line in lift_settings_lines(report)[1:4]:
+        console.print(line, soft_wrap=True, markup=False)
+    if report.files:
+        console.print(f"report: {', '.join(report.files)}", soft_wrap=True, markup=False)
+
+
+# ----- predict, export --------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder (or checkpoint) with a trained 2-D network (a 2d or joint run).")
+@click.option("--shards", required=True, help="Shard URLs; every clip is predicted, e.g. 'SH/test-*.tar'.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .npz to write.")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Average with the prediction of the mirrored clip.")
+@batch_size_option(2)
+@workers_option(1, "Loader processes.", low=0)
+@device_option("auto")
+def predict(run_dir, shards, out, flip, batch_size, workers, device):
+    """The 2-D network of RUN over every clip of SHARDS, stitched into whole sequences (overlapping clips averaged),
+    full-frame pixels, written as a VideoPose3D 2-D keypoints file (positions_2d[subject][action][camera index])
+    that VideoPose3D's and PoseFormer's code read, and `h36m train --stage lift --keypoints` too."""
+    _openmp_env()
+    from h36m.pipelines.predict.predict import PredictConfig, predict as run_predict
+
+    console = _console()
+    cfg = PredictConfig(run=str(run_dir), shards=shards, out=out, flip=flip, batch_size=batch_size, workers=workers,
+                        device=device)
+    with _progress(console) as progress:
+        task = progress.add_task("clips", total=None)
+        res = run_predict(cfg, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    for key, why in res.skipped.items():
+        click.echo(f"left out {key}: {why}")
+    console.print(f"[green]done[/]: {res.clips} clips -> {res.sequences} sequences x 4 cameras, {res.frames} "
+                  f"(view, frame) predictions{' (flip-averaged)' if flip else ''} in {_lit(res.out)}", soft_wrap=True)
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@subjects_option(None, "Comma-separated subjects [default: all in SRC].")
+def export(src, out, subjects):
+    """Write VideoPose3D's data_3d_h36m.npz (world metres) and data_2d_h36m_gt.npz (px) into OUT from a raw release
+    or an extracted dataset SRC, named and ordered as VideoPose3D's prepare_data_h36m.py writes them
+    (docs/interchange.md)."""
+    from h36m.h36m_tools.names import parse_subjects
+    from h36m.pipelines.interchange.export import ExportConfig, export as run_export
+
+    console = _console()
+    with _progress(console) as progress:
+        task = progress.add_task("sequences", total=None)
+        res = run_export(ExportConfig(src=src, out=out, subjects=parse_subjects(subjects) if subjects else None),
+                         on_progress=lambda key: progress.advance(task))
+    for key, why in res.skipped.items():
+        click.echo(f"left out {key}: {why}")
+    console.print(f"[green]done[/]: {res.sequences} sequences, {res.frames} frames from the {res.source} "
+                  f"-> {', '.join(_lit(f) for f in res.files)}", soft_wrap=True)
+
+
 @main.command()
 @click.option("--out", default="h36m-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @subjects_option("S1,S5,S9,S11", "Training and test (S9, S11) subjects.")
 @sequences_per_subject_option
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(16), help="Frames per sequence.")
 @click.option("--epochs-2d", default=24, show_default=True, type=click.IntRange(1))
-@click.option("--epochs-lift", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--epochs-lift", default=5, show_default=True, type=click.IntRange(1))
 def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
-    """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d then
-    lift) -> evaluate on S9/S11 against a mean-pose baseline. Run it again to continue where it stopped."""
+    """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d) ->
+    predict (whole sequences) -> train lift (whole sequences, predicted 2-D) -> Table II on S9/S11 against a mean-pose
+    baseline. Run it again to continue where it stopped."""
     _openmp_env()
     from h36m.h36m_tools.names import parse_subjects
     from h36m.pipelines.demo import DemoConfig, run_demo
@@ -540,14 +645,14 @@ def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
     finally:
         for bar in bars.values():
             bar[0].stop()
-    _print_report(console, result.report)
+    _print_lift_report(console, result.report)
     for i in result.improvement:
         console.print(f"Ours vs mean-pose baseline, {i.metric}: {i.ours:.1f} vs {i.baseline:.1f} "
                       f"({-100 * i.reduction:+.0f} %)", soft_wrap=True)
     took = sum(result.seconds.values())
     verdict = "[green]beats the baseline[/]" if result.beats_baseline else "[red]does not beat the baseline[/]"
     console.print(f"demo: the model {verdict} on {', '.join(result.report.subjects)}; {took:.0f} s; "
-                  f"plots in {_lit(result.report_dir / 'plots')}", soft_wrap=True)
+                  f"report in {_lit(result.report_dir)}", soft_wrap=True)
 
 
 if __name__ == "__main__":

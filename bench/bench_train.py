@@ -5,7 +5,7 @@
 Baseline: forward + backward + AdamW step of the same network on a batch already in memory (uint8 images normalised
 the way the trainer does). Measured: `h36m.pipelines.train.loop.train` on real shards (synth -> extract -> shard), read from
 its metrics.jsonl (median over the steps after the first few). Ratio = trainer / bare (1.0 = no loop overhead);
-data_wait = the share of the step spent waiting for the loader. Both for the 2d and the lift stage.
+data_wait = the share of the step spent waiting for the loader. The 2d stage (the lift stage: bench_lift.py).
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def main():
     args.work.mkdir(parents=True, exist_ok=True)
     shards = build_shards(args.work)
     results = {}
-    for stage in ("2d", "lift"):
+    for stage in ("2d",):            # the lift stage: bench/bench_lift.py (whole sequences, no shards)
         bare = bare_step_rate(stage, args.batch, max(args.steps // 2, 8))
         rate, wait = trainer_rate(shards, args.work, stage, args.batch, args.steps)
         results[stage] = {"bare_img_s": round(bare, 1), "trainer_img_s": round(rate, 1),

@@ -17,14 +17,15 @@ def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(main, ["demo", "--out", str(out)] + SMALL, catch_exceptions=False, terminal_width=160)
     assert res.exit_code == 0, res.output
-    for text in ("synth", "extract", "shard", "train-2d", "train-lift", "evaluate", "Protocol #1: MPJPE (mm)",
-                 "Mean pose", "Lifter, GT 2-D", "Ours vs mean-pose baseline, MPJPE", "plots in"):
+    for text in ("synth", "extract", "shard", "train-2d", "predict", "train-lift", "evaluate",
+                 "Protocol #1: MPJPE (mm)", "Mean pose", "PoseFormer, GT 2-D", "PoseFormer, pred.npz",
+                 "Ours vs mean-pose baseline, MPJPE", "report in"):
         assert text in res.output, text
     state = json.loads((out / "demo.json").read_text())
-    assert state["done"] == ["synth", "extract", "shard", "train-2d", "train-lift"]
+    assert state["done"] == ["synth", "extract", "shard", "train-2d", "predict", "train-lift"]
     report = json.loads((out / "report" / "results.json").read_text())
-    assert report["subjects"] == ["S9"] and report["frames"] == 4 * 24 and report["stage"] == "lift"
-    assert (out / "report" / "plots" / "per_action.png").exists()
+    assert report["subjects"] == ["S9"] and report["frames"]["Mean pose"] == 4 * 24 and report["stage"] == "lift"
+    assert report["frames"]["PoseFormer, pred.npz"] == 4 * 24 and report["flip"]
     assert json.loads((out / "runs" / "2d" / "config.json").read_text())["train"]["stage"] == "2d"
     assert json.loads((out / "runs" / "lift" / "config.json").read_text())["train"]["init"] == str(out / "runs" / "2d")
     # again: nothing is redone (same files), the report is rebuilt
@@ -32,7 +33,7 @@ def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
     before = (video.stat().st_mtime_ns, (out / "runs" / "2d" / "checkpoint.pt").stat().st_mtime_ns)
     res = CliRunner().invoke(main, ["demo", "--out", str(out)] + SMALL, catch_exceptions=False, terminal_width=160)
     assert res.exit_code == 0, res.output
-    assert res.output.count("already done") == 5
+    assert res.output.count("already done") == 6
     assert before == (video.stat().st_mtime_ns, (out / "runs" / "2d" / "checkpoint.pt").stat().st_mtime_ns)
     # other options on the same folder: refused in one line
     res = CliRunner().invoke(main, ["demo", "--out", str(out), "--frames", "30"] + SMALL[:4])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fixtures_train import run2d, runlift, train_data  # noqa: F401  (fixtures)
+from fixtures_train import run2d, train_data  # noqa: F401  (fixtures)
 from h36m.h36m_tools import metrics as M
 from h36m.h36m_tools.names import ACTIONS
 from h36m.pipelines.train.checkpoint import load_checkpoint
@@ -33,15 +33,15 @@ def shard_views(pattern: str):
 
 
 @pytest.fixture(scope="module")
-def report(runlift, train_data):
-    return evaluate(EvalConfig(run=str(runlift), shards=train_data.test, workers=1, clip_plots=2))
+def report(run2d, train_data):
+    return evaluate(EvalConfig(run=str(run2d), shards=train_data.test, workers=1, clip_plots=2))
 
 
-def test_mean_pose_rows_match_a_direct_computation(report, runlift, train_data):
+def test_mean_pose_rows_match_a_direct_computation(report, run2d, train_data):
     views = shard_views(train_data.test)
     assert report.frames == sum(len(g) for *_, g in views) == 3 * 4 * 24 + 2 * 4 * 24 + 3 * 24
     assert report.subjects == ["S9", "S11"]
-    mean3d = PoseStats.from_state(load_checkpoint(runlift)["stats"]).mean3d
+    mean3d = PoseStats.from_state(load_checkpoint(run2d)["stats"]).mean3d
     row = report.row("Mean pose", "MPJPE")
     for action in ACTIONS:
         gts = [g for _, _, a, g in views if a == action]
@@ -74,9 +74,9 @@ def test_every_row_and_the_2d_table(report):
     assert report.damaged_policy == "included" and report.every == 1
 
 
-def test_exclude_damaged_and_frame_sampling(runlift, train_data, report):
+def test_exclude_damaged_and_frame_sampling(run2d, train_data, report):
     assert is_damaged("S9", "Greeting") and is_damaged("S9", "SittingDown_1") and not is_damaged("S11", "Greeting")
-    r = evaluate(EvalConfig(run=str(runlift), shards=train_data.test, workers=0, exclude_damaged=True, every=2,
+    r = evaluate(EvalConfig(run=str(run2d), shards=train_data.test, workers=0, exclude_damaged=True, every=2,
                             plots=False, coco=False))
     assert r.damaged_policy == "excluded" and r.every == 2
     assert r.frames == (report.frames - 4 * 24) // 2                       # S9 Greeting gone, every other frame
@@ -101,10 +101,10 @@ def test_report_files_and_plots(report, tmp_path):
     assert sum(line.startswith("3d,") for line in to_csv(report).splitlines()) == len(report.rows3d)
 
 
-def test_cli_prints_the_table_and_names_the_policies(runlift, train_data, tmp_path):
+def test_cli_prints_the_table_and_names_the_policies(run2d, train_data, tmp_path):
     from h36m.cli import main
 
-    res = CliRunner().invoke(main, ["evaluate", "--run", str(runlift), "--shards", train_data.test, "--out",
+    res = CliRunner().invoke(main, ["evaluate", "--run", str(run2d), "--shards", train_data.test, "--out",
                                     str(tmp_path / "rep"), "--workers", "0", "--exclude-damaged"],
                              catch_exceptions=False, terminal_width=200)
     assert res.exit_code == 0, res.output
@@ -115,5 +115,5 @@ def test_cli_prints_the_table_and_names_the_policies(runlift, train_data, tmp_pa
     assert (tmp_path / "rep" / "results.md").exists() and (tmp_path / "rep" / "plots" / "per_action.png").exists()
     res = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path / "nope"), "--shards", train_data.test])
     assert res.exit_code == 1 and "checkpoint not found" in res.output and len(res.output.strip().splitlines()) == 1
-    res = CliRunner().invoke(main, ["evaluate", "--run", str(runlift), "--shards", str(tmp_path / "none-*.tar")])
+    res = CliRunner().invoke(main, ["evaluate", "--run", str(run2d), "--shards", str(tmp_path / "none-*.tar")])
     assert res.exit_code == 1 and "no shards match" in res.output.splitlines()[-1]

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,7 @@ import pytest
 from fixtures_shard import FRAMES, SHARD_MB, extracted, run_cli, shards  # noqa: F401  (fixtures)
 from h36m.pipelines.extract.dataset import list_sequences, read_sequence
 from h36m.pipelines.shards.sample import CAMERA_FIELDS, clip_key, decode_images, iter_tar_samples, read_clip
-from h36m.pipelines.shards.writer import ShardConfig, clip_starts, write_shards
+from h36m.pipelines.shards.writer import ShardConfig, clip_starts, shard_bounds, write_shards
 
 
 def _samples(folder: Path, split: str):
@@ -187,6 +192,127 @@ def test_stale_shards_of_an_earlier_run_are_removed(extracted, tmp_path):
     res = write_shards(ShardConfig(extracted, tmp_path, frames=FRAMES, split="train"))
     assert len(before) > 1 and res.removed == before[1:]
     assert sorted(p.name for p in tmp_path.glob("train-*.tar")) == ["train-000000.tar"]
+
+
+@pytest.mark.parametrize("sizes, limit, want", [
+    ([], 100, [0]),
+    ([30, 30, 30], 100 + tarfile.RECORDSIZE, [0, 3]),
+    ([30, 30, 30], 90 + tarfile.RECORDSIZE, [0, 3]),           # exactly at the limit: still one shard
+    ([30, 30, 30], 89 + tarfile.RECORDSIZE, [0, 2, 3]),
+    ([10, 500, 10, 10], 100 + tarfile.RECORDSIZE, [0, 1, 2, 4]),   # a clip larger than the limit: its own shard
+])
+def test_shard_bounds(sizes, limit, want):
+    assert shard_bounds(sizes, limit) == want
+
+
+def test_workers_write_the_same_bytes(extracted, shards, tmp_path):
+    """2 and 3 worker processes write the shards, index and checksums of one process (the fixture's, written by
+    `h36m shard` with all cores, equals one process's: test_shards_are_deterministic...)."""
+    want = {k: v for k, v in _tar_bytes(shards).items() if k.startswith("train")}
+    assert len(want) >= 4
+
+    def member_bytes(path, first_sample_only=False):
+        with tarfile.open(path) as tf:
+            members = tf.getmembers()
+        if first_sample_only:
+            members = [m for m in members if m.name.split(".")[0] == members[0].name.split(".")[0]]
+        return sum(tarfile.BLOCKSIZE + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE for m in members)
+
+    names = sorted(k for k in want if k.endswith(".tar"))
+    for a, b in zip(names, names[1:]):      # each shard was closed because the next clip would not fit
+        assert member_bytes(shards / a) + member_bytes(shards / b, True) + tarfile.RECORDSIZE > SHARD_MB * 1e6
+    for workers in (2, 3):
+        out = tmp_path / f"w{workers}"
+        res = write_shards(ShardConfig(extracted, out, frames=FRAMES, split="train", shard_mb=SHARD_MB,
+                                       workers=workers))
+        assert res.index == out / "train-index.json"
+        assert _tar_bytes(out) == want
+    res = run_cli("shard", extracted, tmp_path / "cli1", "--frames", FRAMES, "--shard-mb", SHARD_MB, "--workers", 1)
+    assert res.exit_code == 0, res.output
+    assert _tar_bytes(tmp_path / "cli1") == want
+
+
+def test_a_run_killed_with_one_worker_resumes_with_two(extracted, shards, tmp_path):
+    """One process writes shards as it goes (no plan in the journal); two workers plan the rest and finish it."""
+    out = tmp_path / "out"
+    finished = []
+
+    def kill(ev):
+        if ev.shard:
+            finished.append(ev.shard)
+            if len(finished) == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(ShardConfig(extracted, out, frames=FRAMES, split="train", shard_mb=SHARD_MB), on_progress=kill)
+    res = write_shards(ShardConfig(extracted, out, frames=FRAMES, split="train", shard_mb=SHARD_MB, workers=2))
+    assert res.resumed_shards == 2
+    assert _tar_bytes(out) == {k: v for k, v in _tar_bytes(shards).items() if k.startswith("train")}
+
+
+_KILL_AFTER_TWO_SHARDS = """
+import os, signal, sys
+from pathlib import Path
+from h36m.pipelines.shards.writer import ShardConfig, write_shards
+
+extracted, out, pids, shard_mb = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
+finished = []
+
+def on_progress(ev):
+    if ev.shard:
+        finished.append(ev.shard)
+    if len(finished) == 2:          # the workers are busy with the next shards: list them, then kill -9 this process
+        me, kids = os.getpid(), []
+        for d in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == me:
+                kids.append(d)
+        pids.write_text(" ".join(kids))
+        os.kill(me, signal.SIGKILL)
+
+write_shards(ShardConfig(extracted, out, frames=8, split="train", shard_mb=shard_mb, workers=2), on_progress)
+"""
+
+
+def _alive(pid: str) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists worker processes through /proc")
+def test_kill_9_mid_run_then_rerun_gives_the_same_bytes(extracted, shards, tmp_path):
+    """A real `write_shards(workers=2)` process killed with SIGKILL after its second shard: its workers die with it,
+    the finished shards and the journal stay, no index; the rerun (`h36m shard`) removes the half-written
+    temporary files, writes only the missing shards and ends byte-identical to an uninterrupted run."""
+    out, pids, log = tmp_path / "out", tmp_path / "pids", tmp_path / "log"
+    with open(log, "w") as fh:          # not a pipe: workers that outlive the parent would hold it open
+        proc = subprocess.run([sys.executable, "-c", _KILL_AFTER_TWO_SHARDS, str(extracted), str(out), str(pids),
+                               str(SHARD_MB)], stdout=fh, stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()
+    workers = pids.read_text().split()
+    try:
+        assert len(workers) == 2
+        deadline = time.monotonic() + 20
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers), "workers outlived their killed parent"
+    finally:
+        for p in filter(_alive, workers):
+            os.kill(int(p), signal.SIGKILL)
+    assert (out / ".train-journal.json").is_file() and not (out / "train-index.json").exists()
+    assert len(list(out.glob("train-*.tar"))) >= 2
+    (out / ".train-000003.tar.999999.tmp").write_bytes(b"half a shard")    # as a worker killed mid-shard leaves
+    res = run_cli("shard", extracted, out, "--frames", FRAMES, "--shard-mb", SHARD_MB, "--workers", 2)
+    assert res.exit_code == 0, res.output
+    assert "resumed after 2 shards" in res.output
+    assert _tar_bytes(out) == {k: v for k, v in _tar_bytes(shards).items() if k.startswith("train")}
+    assert not list(out.glob(".*"))
 
 
 # ----------------------------------------------------------------------------------------- CLI: shard, verify, show

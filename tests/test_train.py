@@ -200,7 +200,8 @@ def test_bad_input_gives_one_line_errors(train_data, run2d, tmp_path):
     assert code == 1 and "already holds a run" in out and len(out.splitlines()) == 1
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\0" * 10)
-    code, out = run("train", "--shards", train_data.train, "--out", tmp_path / "x", "--stage", "lift", "--init", junk)
+    code, out = run("train", "--data", train_data.extracted, "--out", tmp_path / "x", "--stage", "lift", "--init",
+                    junk)
     assert code == 1 and "junk.pt: not a readable checkpoint" in out and len(out.splitlines()) == 1
     code, out = run("train", "--shards", str(tmp_path / "nothing-*.tar"), "--out", tmp_path / "y")
     assert code == 1 and "no shards match" in out and len(out.splitlines()) == 1

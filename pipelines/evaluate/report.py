@@ -245,3 +245,82 @@ def _nan_to_none(x):
     if isinstance(x, list):
         return [_nan_to_none(v) for v in x]
     return x
+
+
+# ----- Table II of a lift run (evaluate.table2) -------------------------------------------------------------------
+
+def lift_settings_lines(r) -> list[str]:
+    """The settings a Table II report states: keypoints, windows, flip, damaged-sequence policy, frame sampling."""
+    sources = ", ".join("ground-truth 2-D" if s == "gt" else s for s in r.sources)
+    return [
+        f"Run: {r.run} (stage {r.stage}, trained on 2-D keypoints: {r.trained_on}); data {r.data}; test subjects "
+        f"{', '.join(r.subjects)}, whole sequences, all cameras ({r.sequences} view sequences), 17 joints.",
+        f"Keypoints evaluated: {sources}. Receptive field {r.receptive_field} "
+        f"({'seq2seq' if r.seq2seq else 'centre frame'}), windows padded only at the sequence ends; "
+        f"test-time flip averaging {'on' if r.flip else 'off'}.",
+        f"Damaged sequences ({', '.join(r.damaged)}): {r.damaged_policy}.",
+        f"Frame sampling: {'every frame' if r.every == 1 else f'every {r.every}-th frame (index % {r.every} == 0)'}; "
+        "counted frames per row: " + ", ".join(f"{m} {n}" for m, n in r.frames.items()) + ".",
+        "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
+        "Per action: frames pooled over subactions, subjects and cameras. Actions absent from the test data: '-'.",
+    ]
+
+
+def lift_to_markdown(r) -> str:
+    lines = ["# Table II", ""] + [f"- {x}" for x in lift_settings_lines(r)] + [""]
+    head = ["Method"] + [SHORT[a] for a in ACTIONS] + ["Avg", "All"]
+    for metric in ("MPJPE", "P-MPJPE"):
+        lines += [f"## {TITLES[metric]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for method in r.methods:
+            row = r.row(method, metric)
+            cells = [_cell(row.actions[a]) for a in ACTIONS] + [_cell(row.avg), _cell(row.all_frames)]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def lift_to_csv(r) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "metric"] + list(ACTIONS) + ["Avg", "All"] + r.subjects)
+    for row in r.rows:
+        w.writerow([row.method, row.metric] + [_num(row.actions[a]) for a in ACTIONS]
+                   + [_num(row.avg), _num(row.all_frames)] + [_num(row.subjects.get(s, math.nan)) for s in r.subjects])
+    return buf.getvalue()
+
+
+def lift_rich_tables(r, width: int = 200) -> list:
+    """rich renderables: Table II (MPJPE, P-MPJPE; rows = Mean pose and each 2-D source; split in two halves of the
+    actions when `width` columns cannot hold them)."""
+    from rich import box
+    from rich.table import Table
+
+    out = []
+    halves = [ACTIONS] if width >= 132 else [ACTIONS[:8], ACTIONS[8:]]
+    for metric in ("MPJPE", "P-MPJPE"):
+        for i, actions in enumerate(halves):
+            title = TITLES[metric] + ("" if len(halves) == 1 else f" ({i + 1}/2)")
+            t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+            t.add_column("Method", no_wrap=True)
+            for a in actions:
+                t.add_column(SHORT[a], justify="right", no_wrap=True)
+            last = actions[-1] == ACTIONS[-1]
+            if last:
+                t.add_column("Avg", justify="right", style="bold", no_wrap=True)
+            for method in r.methods:
+                row = r.row(method, metric)
+                t.add_row(method, *[_cell(row.actions[a], 0) for a in actions], *([_cell(row.avg)] if last else []))
+            out.append(t)
+    return out
+
+
+def write_lift_report(r, out: str | os.PathLike):
+    """Write results.json/.csv/.md of a Table II report into `out`; fills r.files; returns r."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    r.files = [str(out / n) for n in ("results.json", "results.csv", "results.md")]
+    d = _nan_to_none(dataclasses.asdict(r))
+    for name, text in (("results.csv", lift_to_csv(r)), ("results.md", lift_to_markdown(r)),
+                       ("results.json", json.dumps(d, indent=2) + "\n")):
+        write_atomic(out / name, text)
+    return r

@@ -25,7 +25,6 @@ from typing import Any
 from h36m.h36m_tools.errors import H36MError
 
 STAGES = ("2d", "lift", "joint")
-LIFT_INPUTS = ("gt", "pred")
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,28 @@ PAPER_RECIPE = Recipe(epochs=100, batch_size=4, lr=1e-3, warmup_epochs=20)
 TINY_RECIPE = Recipe(epochs=20, batch_size=4, lr=2e-3, warmup_epochs=4, affine="mild")
 
 
-def recipe_for(preset: str) -> Recipe:
-    """`tiny` -> TINY_RECIPE; every `paper*` preset (and anything else) -> PAPER_RECIPE."""
+@dataclass(frozen=True)
+class LiftRecipe:
+    """The lift stage's recipe: PoseFormer's published one (Zheng et al. 2021, implementation details: AdamW,
+    lr 2e-4 decayed x0.98 after every epoch, weight decay 0.1, batch 1024 windows, 130 epochs, flip augmentation
+    in training and testing; docs/train_evaluate.md says how sure we are), and a scaled one for `tiny` (small
+    synthetic data: fewer epochs, smaller batches, a larger rate)."""
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_decay: float
+    weight_decay: float
+
+
+POSEFORMER_RECIPE = LiftRecipe(epochs=130, batch_size=1024, lr=2e-4, lr_decay=0.98, weight_decay=0.1)
+TINY_LIFT_RECIPE = LiftRecipe(epochs=20, batch_size=64, lr=1e-3, lr_decay=0.95, weight_decay=0.1)
+
+
+def recipe_for(preset: str, stage: str = "2d") -> Recipe | LiftRecipe:
+    """The lift stage: `tiny` -> TINY_LIFT_RECIPE, else POSEFORMER_RECIPE. Other stages: `tiny` -> TINY_RECIPE;
+    every `paper*` preset (and anything else) -> PAPER_RECIPE."""
+    if stage == "lift":
+        return TINY_LIFT_RECIPE if preset == "tiny" else POSEFORMER_RECIPE
     return TINY_RECIPE if preset == "tiny" else PAPER_RECIPE
 
 
@@ -54,6 +73,11 @@ def recipe_for(preset: str) -> Recipe:
 class TrainConfig:
     """Everything `h36m train` needs. None fields are filled from the preset's recipe by `resolve`."""
     shards: str | list[str] = ""          # training shard URLs: paths, brace patterns, pipe:..., http(s)://...
+    data: str | None = None                # lift stage: the extracted dataset whose whole sequences it trains on
+    keypoints: str = "gt"                  # lift stage 2-D inputs: gt, or a VideoPose3D 2-D .npz (h36m predict)
+    subjects: str = "S1,S5,S6,S7,S8"       # lift stage training subjects (those present in `data`)
+    flip: bool = True                      # lift stage: every window also mirrored (train.lift)
+    lr_decay: float | None = None          # lift stage: lr multiplied by this after every epoch
     out: str = "run"                       # run folder
     preset: str = "tiny"                   # model preset (ignored for the model when `init` is given)
     stage: str = "2d"                      # 2d: spatial+relations+head; lift: the lifter; joint: all of it
@@ -73,8 +97,6 @@ class TrainConfig:
     pretrained_spatial: str | None = None  # a local timm Swin checkpoint to start the spatial module from
     pretrained_relations: str | None = None  # a local timm ViT checkpoint to start the relation blocks from
     seed: int = 0
-    lift_inputs: str = "gt"                # lift stage inputs: gt (+ noise) or pred (the network's own 2-D part)
-    lift_noise: float = 0.01               # std of the Gaussian noise on gt 2-D inputs, as a fraction of the crop side
     loss3d_weight: float = 1.0             # joint stage: loss = 2-D loss + w * 3-D loss (metres)
     max_steps: int | None = None           # stop (with a checkpoint) after this many steps; the schedule is unchanged
     checkpoint_every: int = 200            # optimiser steps between checkpoints (and at every epoch end)
@@ -96,7 +118,24 @@ RUN_CONTROL = ("max_steps", "checkpoint_every", "log_every", "workers", "shards"
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill None fields from the preset's recipe and check values; raises ValueError on a bad value."""
-    r = recipe_for(cfg.preset)
+    r = recipe_for(cfg.preset, cfg.stage)
+    if cfg.stage == "lift":
+        out = dataclasses.replace(
+            cfg,
+            epochs=r.epochs if cfg.epochs is None else cfg.epochs,
+            batch_size=r.batch_size if cfg.batch_size is None else cfg.batch_size,
+            lr=r.lr if cfg.lr is None else cfg.lr,
+            weight_decay=r.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
+            lr_decay=r.lr_decay if cfg.lr_decay is None else cfg.lr_decay,
+            warmup_epochs=0.0 if cfg.warmup_epochs is None else cfg.warmup_epochs)
+        for name in ("epochs", "batch_size"):
+            if getattr(out, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+        if out.lr <= 0 or not 0 < out.lr_decay <= 1:
+            raise ValueError("lr must be > 0 and lr_decay in (0, 1]")
+        if not out.data:
+            raise ValueError("the lift stage needs --data EXTRACTED (an extracted dataset)")
+        return out
     out = dataclasses.replace(
         cfg,
         epochs=r.epochs if cfg.epochs is None else cfg.epochs,
@@ -113,13 +152,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
     if out.affine not in AFFINE:
         raise ValueError(f"affine must be one of {', '.join(AFFINE)}, got {out.affine!r}")
-    if out.lift_inputs not in LIFT_INPUTS:
-        raise ValueError(f"lift_inputs must be one of {', '.join(LIFT_INPUTS)}, got {out.lift_inputs!r}")
     for name in ("epochs", "batch_size", "grad_accum"):
         if getattr(out, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
-    if out.lr <= 0 or out.warmup_epochs < 0 or out.lift_noise < 0:
-        raise ValueError("lr must be > 0, warmup_epochs and lift_noise >= 0")
+    if out.lr <= 0 or out.warmup_epochs < 0:
+        raise ValueError("lr must be > 0, warmup_epochs >= 0")
     if not out.urls() or not all(out.urls()):
         raise ValueError("no training shards given (--shards)")
     return out

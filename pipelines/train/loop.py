@@ -5,9 +5,9 @@
     result = resume("runs/2d")                         # continues at the same step and learning rate
 
 Stages (see TrainConfig.stage): `2d` trains spatial + relations + head on the images (loss: mean Euclidean 2-D joint
-error in crop units, the crop side = 1); `lift` trains only the lifter on 2-D joint sequences (the shards'
-ground-truth crop joints + Gaussian noise, or the network's own 2-D predictions) against root-relative camera 3-D
-joints (loss: MPJPE in metres); `joint` fine-tunes everything end to end (2-D loss + w x 3-D loss).
+error in crop units, the crop side = 1); `lift` trains only the lifter, on whole sequences of an extracted dataset
+held in memory (train.lift: no shards, no images); `joint` fine-tunes everything end to end on the shards' clips
+(2-D loss + w x 3-D loss of the lifter on the clip's own 2-D predictions).
 
 Run folder:
     config.toml, config.json   the resolved TrainConfig and ModelConfig
@@ -17,8 +17,7 @@ Run folder:
     ranks/rank-<r>.jsonl       per-rank step log (several processes only)
     tb/                        TensorBoard events
 
-Determinism: the loader's order is a function of (seed, epoch, rank); the lift noise comes from a generator seeded
-by (seed, rank, step); the RNG states are in the checkpoint. A run stopped after a checkpoint and resumed skips the
+Determinism: the loader's order is a function of (seed, epoch, rank); the RNG states are in the checkpoint. A run stopped after a checkpoint and resumed skips the
 epoch's batches already used and reproduces the unbroken run's losses.
 Several processes: start with torchrun; every rank runs the same number of steps (the loader's equal_batches), the
 backend is NCCL on GPUs and gloo on CPUs; only rank 0 writes files and reports progress.
@@ -82,6 +81,10 @@ def train(cfg: TrainConfig, on_progress: Optional[Callable[[TrainEvent], None]] 
     ckpt = Path(cfg.out) / CHECKPOINT_NAME
     if ckpt.exists():
         raise H36MError(cfg.out, "already holds a run (checkpoint.pt); use --resume, or another --out")
+    if cfg.stage == "lift":
+        from h36m.pipelines.train.lift import train_lift
+
+        return train_lift(cfg, None, on_progress)
     return _Trainer(cfg, None, on_progress).run()
 
 
@@ -99,6 +102,10 @@ def resume(run: str | os.PathLike, on_progress: Optional[Callable[[TrainEvent], 
         return TrainResult(Path(run), int(state["step"]), int(state["total_steps"]), cfg.epochs, True, math.nan,
                            Path(run) / CHECKPOINT_NAME)
     cfg = replace(cfg, out=str(run), max_steps=max_steps, **{k: v for k, v in control.items() if v is not None})
+    if cfg.stage == "lift":
+        from h36m.pipelines.train.lift import train_lift
+
+        return train_lift(resolve(cfg), state, on_progress)
     return _Trainer(resolve(cfg), state, on_progress).run()
 
 
@@ -110,13 +117,13 @@ def _stage_module(net, cfg: TrainConfig):
     import torch.nn as nn
 
     class StageLoss(nn.Module):
-        """forward(images, view_mask, view_index, target2d, target3d, noise2d) -> (loss, err2d, mpjpe_m); see the
-        module doc."""
+        """forward(images, view_mask, view_index, target2d, target3d) -> (loss, err2d, mpjpe_m); see the module
+        doc."""
 
         def __init__(self):
             super().__init__()
             self.net = net
-            trainable = {"2d": ("spatial", "relations", "head"), "lift": ("lifter",),
+            trainable = {"2d": ("spatial", "relations", "head"),
                          "joint": ("spatial", "relations", "head", "lifter")}[cfg.stage]
             self.frozen = [m for name, m in net.named_children() if name not in trainable]
             for name, m in net.named_children():
@@ -128,21 +135,12 @@ def _stage_module(net, cfg: TrainConfig):
                 m.eval()
             return self
 
-        def forward(self, images, view_mask, view_index, target2d, target3d, noise2d):
+        def forward(self, images, view_mask, view_index, target2d, target3d):
             nan = target2d.new_tensor(math.nan)
             if cfg.stage == "2d":
                 out = self.net(images, view_mask, view_index)
                 err2d = joint_distance(out.joints2d, target2d, view_mask)
                 return err2d, err2d.detach(), nan
-            if cfg.stage == "lift":
-                if cfg.lift_inputs == "pred":
-                    with torch.no_grad():
-                        inputs = self.net(images, view_mask, view_index).joints2d.float()
-                else:
-                    inputs = target2d + noise2d
-                pred3d = self.net.lift(inputs[view_mask])                       # (n, F, 17, 3) mm
-                m = mpjpe_m(pred3d, target3d[view_mask])
-                return m, nan, m.detach()
             out = self.net(images, view_mask, view_index)
             err2d = joint_distance(out.joints2d, target2d, view_mask)
             m = mpjpe_m(out.joints3d[view_mask], target3d[view_mask])
@@ -395,8 +393,8 @@ class _Trainer:
         return loss, False
 
     def _inputs(self, torch, batch, micro: int):
-        """A batch -> (images, view_mask, view_index, target2d, target3d, noise2d) on the device (2d stage: crops
-        and their 2-D targets moved by the random crop transform); updates the pose stats."""
+        """A batch -> (images, view_mask, view_index, target2d, target3d) on the device (2d stage: crops and their
+        2-D targets moved by the random crop transform); updates the pose stats."""
         from h36m.model import normalise_images
         from h36m.pipelines.loader.loader import batch_crop_size
         from h36m.pipelines.train.augment import AFFINE, augment_views
@@ -409,23 +407,17 @@ class _Trainer:
         pose2d = batch["pose2d"].to(dev, non_blocking=nb).float() / crop
         cam = batch["pose3d_cam"].to(dev, non_blocking=nb).float()
         target3d = cam - cam[..., :1, :]
-        need_images = cfg.stage != "lift" or cfg.lift_inputs == "pred"
-        images = normalise_images(batch["images"].to(dev, non_blocking=nb), self.mcfg.spatial) \
-            if need_images else None
+        images = normalise_images(batch["images"].to(dev, non_blocking=nb), self.mcfg.spatial)
         view_index = batch["view_index"].to(dev, non_blocking=nb)
-        seed = int(np.random.SeedSequence([cfg.seed, self.rank, self.step, micro]).generate_state(1)[0])
-        g = torch.Generator().manual_seed(seed)
         affine = AFFINE[cfg.affine] if cfg.augment and cfg.stage == "2d" else None
         if affine is not None:
-            images, pose2d = augment_views(images, pose2d, affine, g)
-        noise = torch.zeros_like(pose2d)
-        if cfg.stage == "lift" and cfg.lift_inputs == "gt" and cfg.lift_noise > 0:
-            noise = (torch.randn(pose2d.shape, generator=g) * cfg.lift_noise).to(dev)
+            seed = int(np.random.SeedSequence([cfg.seed, self.rank, self.step, micro]).generate_state(1)[0])
+            images, pose2d = augment_views(images, pose2d, affine, torch.Generator().manual_seed(seed))
         if self.rank == 0:
             m = batch["view_mask"].numpy().astype(bool)
             self.stats.update(batch["pose2d"].numpy()[m] / crop, (batch["pose3d_cam"].numpy()
                                                                   - batch["pose3d_cam"].numpy()[..., :1, :])[m])
-        return images, view_mask, view_index, pose2d, target3d, noise
+        return images, view_mask, view_index, pose2d, target3d
 
     def _save(self, done: bool) -> None:
         cfg = self.cfg

@@ -1,0 +1,132 @@
+"""`h36m export SRC OUT`: a raw release or an extracted dataset -> VideoPose3D's `data_3d_h36m.npz` and
+`data_2d_h36m_gt.npz` (docs/interchange.md states what is followed and where it differs).
+
+    from h36m.pipelines.interchange.export import ExportConfig, export
+    result = export(ExportConfig(src="H36M", out="data"))
+
+From a raw release (as VideoPose3D's `prepare_data_h36m.py --from-source-cdf`):
+    positions_3d[subject][action]           D3_Positions, (N, 32, 3) float32, world metres (mm / 1000)
+    positions_2d[subject][action][cam_idx]  (N, 17, 2) float32 px, cameras in CAMERA_IDS order: the release's
+                                            D2_Positions where present (the projection of D3_Positions to < 0.001
+                                            px on the real data), else D3_Positions projected with H36M's model
+From an extracted dataset: the same keys, 17 joints in positions_3d (the extracted format keeps only those) and
+the 2-D joints at the extracted videos' size, over the frames the extraction kept.
+Sequences without all 4 cameras, and S11 `Directions` (VideoPose3D drops it), are left out and listed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from h36m.h36m_tools.cameras import CAMERA_IDS
+from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.npz import METADATA_2D
+from h36m.pipelines.interchange.npzfile import VP3D_DROPPED, vp3d_action, write_npz
+
+FILE_3D = "data_3d_h36m.npz"
+FILE_2D = "data_2d_h36m_gt.npz"
+
+
+@dataclass
+class ExportConfig:
+    """Options of `h36m export`."""
+    src: str | os.PathLike                 # a raw release (S1/MyPoseFeatures/...) or an extracted dataset
+    out: str | os.PathLike                 # folder receiving FILE_3D and FILE_2D
+    subjects: tuple[str, ...] | None = None
+
+
+@dataclass
+class ExportResult:
+    files: list[Path]
+    source: str                             # 'release' or 'extracted'
+    sequences: int
+    frames: int
+    skipped: dict[str, str] = field(default_factory=dict)   # 'S11/Directions' -> why
+
+
+def export(cfg: ExportConfig, on_progress: Optional[Callable[[str], None]] = None) -> ExportResult:
+    """Write both files (atomically) into cfg.out; `on_progress` receives each sequence key when done."""
+    src = Path(cfg.src)
+    if (src / "manifest.json").is_file():
+        kind, items = "extracted", _from_extracted(src, cfg.subjects)
+    else:
+        kind, items = "release", _from_release(src, cfg.subjects)
+    pos3d: dict[str, dict] = {}
+    pos2d: dict[str, dict] = {}
+    skipped, frames = {}, 0
+    for key, subject, name, load in items:
+        if (subject, name) in VP3D_DROPPED:
+            skipped[key] = "left out as VideoPose3D does (corrupt video of camera 54138969)"
+            continue
+        try:
+            p3, p2 = load()
+        except H36MError as e:
+            skipped[key] = str(e)
+            continue
+        if p2 is None:
+            skipped[key] = "not all 4 cameras"
+            continue
+        action = vp3d_action(name)
+        pos3d.setdefault(subject, {})[action] = p3.astype(np.float32)
+        pos2d.setdefault(subject, {})[action] = [a.astype(np.float32) for a in p2]
+        frames += len(p3)
+        if on_progress is not None:
+            on_progress(key)
+    if not pos3d:
+        raise H36MError(src, "no sequence to export" + (f" ({'; '.join(skipped.values())})" if skipped else ""))
+    out = Path(cfg.out)
+    write_npz(out / FILE_3D, positions_3d=pos3d)
+    write_npz(out / FILE_2D, positions_2d=pos2d, metadata=METADATA_2D)
+    return ExportResult([out / FILE_3D, out / FILE_2D], kind, sum(len(v) for v in pos3d.values()), frames, skipped)
+
+
+def _from_release(root: Path, subjects):
+    """(key, subject, raw name, loader) per sequence with a D3_Positions file; loader -> (3-D (N, 32, 3) m,
+    4 x (N, 17, 2) px or None)."""
+    from h36m.h36m_tools import cdf
+    from h36m.h36m_tools.cameras import bundled, project, world_to_camera
+    from h36m.h36m_tools.names import discover
+    from h36m.h36m_tools.skeleton import to17
+
+    cams = bundled()
+
+    def loader(files):
+        def load():
+            world = cdf.read_pose(files.d3, 3)                       # (N, 32, 3) mm
+            views = []
+            for cam_id in CAMERA_IDS:
+                if cam_id in files.d2:
+                    d2 = cdf.read_pose(files.d2[cam_id], 2)
+                    if len(d2) != len(world):
+                        raise H36MError(files.d2[cam_id], f"{len(d2)} frames, D3_Positions has {len(world)}")
+                    views.append(to17(d2))
+                else:
+                    cam = cams.camera(files.subject, cam_id)
+                    views.append(project(world_to_camera(to17(world), cam.extrinsics.R, cam.extrinsics.t),
+                                         cam.intrinsics))
+            return world / 1000.0, views
+        return load
+
+    return [(f.key, f.subject, f.name, loader(f)) for f in discover(root, subjects) if f.d3 is not None]
+
+
+def _from_extracted(root: Path, subjects):
+    from h36m.pipelines.extract.dataset import list_sequences, read_meta, read_sequence
+
+    def loader(path):
+        def load():
+            meta, a = read_sequence(path, with_jpeg=False)
+            if list(meta.cameras) != list(CAMERA_IDS):
+                return None, None
+            return a.pose3d / 1000.0, [a.pose2d[:, v] for v in range(len(CAMERA_IDS))]
+        return load
+
+    out = []
+    for path in list_sequences(root, subjects):
+        meta = read_meta(path)
+        out.append((meta.key, meta.subject, meta.sequence, loader(path)))
+    return out

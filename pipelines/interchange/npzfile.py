@@ -1,0 +1,28 @@
+"""Writing VideoPose3D-format `.npz` files, and VideoPose3D's action keys.
+
+VideoPose3D's `data/prepare_data_h36m.py` keys each subject's sequences by the raw sequence base name with two
+replacements, `TakingPhoto` -> `Photo` and `WalkingDog` -> `WalkDog` (`'Directions 1'`, `'Photo 1'`, `'WalkDog'`,
+`'WalkTogether 1'`), and drops S11 `Directions` (its first camera's video is corrupt). docs/interchange.md.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from h36m.pipelines.files import atomic_path
+
+#: (subject, raw sequence name) pairs VideoPose3D leaves out.
+VP3D_DROPPED = (("S11", "Directions"),)
+
+
+def vp3d_action(sequence: str) -> str:
+    """A raw sequence base name (spaces or underscores) -> VideoPose3D's key: `'TakingPhoto 1'` -> `'Photo 1'`."""
+    return sequence.replace("_", " ").replace("TakingPhoto", "Photo").replace("WalkingDog", "WalkDog")
+
+
+def write_npz(path: str | os.PathLike, **members) -> None:
+    """np.savez_compressed(path, **members), atomically (dicts become 0-d object arrays, as numpy stores them)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **members)

@@ -1,0 +1,151 @@
+"""`h36m predict`: the 2-D network of a run over every clip of some shards -> whole-sequence 2-D joints per subject,
+action and camera, in full-frame pixels, written as a VideoPose3D 2-D keypoints file.
+
+    from h36m.pipelines.predict.predict import PredictConfig, predict
+    result = predict(PredictConfig(run="runs/2d", shards="SH/test-*.tar", out="pred.npz"))
+
+Every real (unpadded) frame of every clip gives one prediction per view; a frame covered by several clips (shards
+cut with --stride below --frames) gets the mean of its predictions, so each frame has exactly one value. With
+`flip` each clip is also run mirrored (every view's crop reversed along its width), the mirrored prediction mapped
+back (x -> crop - 1 - x, left/right joints swapped) and averaged with the plain one. Crop pixels go to full-frame
+pixels through the clip's boxes (extract.crop.to_full).
+The file (h36m_tools.npz for the layout): positions_2d[subject][action][camera index] (N, 17, 2) float32, N = the
+last covered frame + 1, actions named as VideoPose3D names them (interchange.npzfile.vp3d_action), cameras in
+CAMERA_IDS order, and `metadata` (layout_name, num_joints, keypoints_symmetry). The network gives no per-joint
+confidence, so none is written. A sequence missing a camera, or with a frame no clip covers, is left out and listed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from h36m.h36m_tools.cameras import CAMERA_IDS
+from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.npz import METADATA_2D
+from h36m.h36m_tools.skeleton import FLIP17
+from h36m.pipelines.interchange.npzfile import vp3d_action, write_npz
+
+
+@dataclass
+class PredictConfig:
+    """Options of `h36m predict`."""
+    run: str | os.PathLike                 # run folder or checkpoint with a trained 2-D network
+    shards: str | list[str]                # shard URLs (clips of any length and stride)
+    out: str | os.PathLike                 # the .npz to write
+    flip: bool = True                      # average with the prediction of the mirrored clip
+    batch_size: int = 2
+    workers: int = 1
+    device: str = "auto"
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    sequences: int                          # (subject, action) pairs written
+    frames: int                             # (view, frame) predictions written
+    clips: int
+    skipped: dict[str, str] = field(default_factory=dict)   # 'S11/Directions' -> why
+
+
+class Stitcher:
+    """Per (subject, sequence, camera): the sum and count of the predictions of each frame."""
+
+    def __init__(self):
+        self.sums: dict[tuple[str, str, str], np.ndarray] = {}
+        self.counts: dict[tuple[str, str, str], np.ndarray] = {}
+
+    def add(self, key: tuple[str, str, str], frames: np.ndarray, joints: np.ndarray) -> None:
+        """frames (T,) source indices, joints (T, 17, 2) full-frame px."""
+        n = int(frames.max()) + 1
+        s = self.sums.setdefault(key, np.zeros((0, 17, 2)))
+        c = self.counts.setdefault(key, np.zeros(0, np.int64))
+        if len(s) < n:
+            s = self.sums[key] = np.concatenate([s, np.zeros((n - len(s), 17, 2))])
+            c = self.counts[key] = np.concatenate([c, np.zeros(n - len(c), np.int64)])
+        np.add.at(s, frames, joints)
+        np.add.at(c, frames, 1)
+
+    def sequences(self) -> dict[tuple[str, str], dict[str, np.ndarray | str]]:
+        """(subject, sequence) -> camera -> (N, 17, 2) mean px, or a string saying which frames are missing."""
+        out: dict[tuple[str, str], dict] = {}
+        for (subject, sequence, camera), s in self.sums.items():
+            c = self.counts[(subject, sequence, camera)]
+            missing = np.flatnonzero(c == 0)
+            out.setdefault((subject, sequence), {})[camera] = (
+                f"camera {camera}: {len(missing)} frames no clip covers (first {missing[0]})" if len(missing)
+                else s / c[:, None, None])
+        return out
+
+
+def unflip_crop(joints: np.ndarray, crop: float) -> np.ndarray:
+    """(..., 17, 2) crop px predicted on a mirrored crop -> the same joints in the plain crop."""
+    out = joints[..., FLIP17, :].copy()
+    out[..., 0] = crop - 1.0 - out[..., 0]
+    return out
+
+
+def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[int]], None]] = None
+            ) -> PredictResult:
+    """Run, stitch and write cfg.out atomically; `on_progress(clips done, total or None)` after each batch."""
+    import torch
+
+    from h36m.model import normalise_images
+    from h36m.pipelines.extract.crop import to_full
+    from h36m.pipelines.loader.loader import LoaderConfig, batch_crop_size, make_loader
+    from h36m.pipelines.train.checkpoint import load_network
+
+    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
+                       else "cpu")
+    net, _ = load_network(cfg.run, dev)
+    first = cfg.shards if isinstance(cfg.shards, str) else cfg.shards[0]
+    try:
+        loader = make_loader(LoaderConfig(urls=cfg.shards, batch_size=cfg.batch_size, workers=cfg.workers,
+                                          shuffle=0, shuffle_shards=False, augment=False, rank=0, world_size=1,
+                                          equal_batches=False))
+    except ValueError as e:
+        raise H36MError(first, str(e)) from None
+    total = getattr(loader, "total_samples", None)
+    stitch, clips = Stitcher(), 0
+    with torch.no_grad():
+        for batch in loader:
+            crop = batch_crop_size(batch)
+            mask = batch["view_mask"].bool()
+            images = normalise_images(batch["images"].to(dev), net.cfg.spatial)
+            pred = net(images, mask.to(dev)).joints2d.float().cpu().numpy() * crop          # (B, V, F, 17, 2)
+            if cfg.flip:
+                mirrored = net(images.flip(-1), mask.to(dev)).joints2d.float().cpu().numpy() * crop
+                pred = (pred + unflip_crop(mirrored, crop)) / 2
+            for b, meta in enumerate(batch["meta"]):
+                real = int(meta.get("real_frames", len(meta["frames"])))
+                frames = np.asarray(meta["frames"][:real], np.int64)
+                for v in range(int(mask[b].sum())):
+                    box = batch["box"][b, v, :real].numpy().astype(np.float64)
+                    stitch.add((meta["subject"], meta["sequence"], str(meta["cameras"][v])), frames,
+                               to_full(pred[b, v, :real].astype(np.float64), box, crop))
+                clips += 1
+            if on_progress is not None:
+                on_progress(clips, total)
+    if clips == 0:
+        raise H36MError(first, "no clips in the shards")
+    positions: dict[str, dict[str, list[np.ndarray]]] = {}
+    skipped, frames = {}, 0
+    for (subject, sequence), cams in sorted(stitch.sequences().items()):
+        key = f"{subject}/{sequence.replace(' ', '_')}"
+        problems = [v for v in cams.values() if isinstance(v, str)]
+        absent = [c for c in CAMERA_IDS if c not in cams]
+        if problems or absent:
+            skipped[key] = "; ".join(problems + ([f"no camera {', '.join(absent)}"] if absent else []))
+            continue
+        n = min(len(cams[c]) for c in CAMERA_IDS)
+        positions.setdefault(subject, {})[vp3d_action(sequence)] = [cams[c][:n].astype(np.float32)
+                                                                    for c in CAMERA_IDS]
+        frames += 4 * n
+    if not positions:
+        raise H36MError(first, "no whole sequence to write (" + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+                        + ")")
+    write_npz(cfg.out, positions_2d=positions, metadata=METADATA_2D)
+    return PredictResult(Path(cfg.out), sum(len(v) for v in positions.values()), frames, clips, skipped)
