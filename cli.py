@@ -55,6 +55,8 @@ class _Group(click.Group):
             _fail(str(e))
         except OSError as e:
             _fail(f"{e.filename}: {e.strerror or e}" if e.filename else str(e))
+        except MemoryError:
+            _fail("out of memory")
         except KeyboardInterrupt:
             _fail("interrupted", 130)
 
@@ -133,7 +135,7 @@ def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, 
         notes.append(f"{cfg.no_2d_subject} has no D2_Positions or masks")
     if not no_quirks and "S11" in cfg.subjects:
         notes.append("S11 'Directions' camera 54138969 is truncated")
-    console.print(f"[green]done[/]: {len(results)} sequences; " + "; ".join(notes))
+    console.print(f"[green]done[/]: {len(results)} sequences; " + _lit("; ".join(notes)), soft_wrap=True)
 
 
 # ----- extract --------------------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ def _extract_plan_table(plan):
     table = Table("subject", "layout", "3-D from", "sequences", "videos", "pose frames", "done before", "to do",
                   "other parts", title="plan", title_justify="left")
     for r in plan.by_subject():
-        table.add_row(r["subject"], r["layout"], _lit(r["pose3d"]), str(r["sequences"]), str(r["videos"]),
+        table.add_row(_lit(r["subject"]), r["layout"], _lit(r["pose3d"]), str(r["sequences"]), str(r["videos"]),
                       str(r["pose_frames"]), str(r["done"]), str(r["todo"]), str(r["other part"]))
     return table
 
@@ -157,7 +159,7 @@ def _extract_summary_table(results):
         trimmed = " ".join(f"{c}:{n}" for c, n in r.trimmed.items() if n) or "-"
         status = {"done": "[green]done[/]", "skipped": "[yellow]skipped[/]"}.get(r.status, "[red]failed[/]")
         table.add_row(_lit(r.key), status,
-                      str(r.frames or "-"), str(len(r.cameras) or "-"), trimmed, r.bbox or "-")
+                      str(r.frames or "-"), str(len(r.cameras) or "-"), _lit(trimmed), _lit(r.bbox or "-"))
     return table
 
 
@@ -202,6 +204,8 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
                         margin=margin, bbox=bbox, quality=quality, cameras=cameras_file, min_views=min_views,
                         workers=workers or default_workers(), part=parse_part(part), every=every)
     plan = plan_extract(cfg)
+    if not plan.sequences:
+        _fail(f"{raw}: holds no sequence (no S<n>/MyPoseFeatures/D3_Positions/*.cdf or S<n>/Videos/*.mp4)")
     console = _console()
     todo = plan.todo
     frames = sum(s.pose_frames or 0 for s in todo)
@@ -336,8 +340,10 @@ def _openmp_env():
 
 
 def _train_progress(console):
-    """A rich progress bar fed by h36m.pipelines.train.loop.TrainEvent (loss, lr, images/s, share of time waiting for data)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """A rich progress bar fed by h36m.pipelines.train.loop.TrainEvent (loss, lr, images/s, share of time waiting
+    for data)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
@@ -524,6 +530,12 @@ def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_
         console.print(f"{run_dir}: report in {default_out(cfg)}", soft_wrap=True, markup=False)
     else:
         _print_report(console, report)
+    from h36m.h36m_tools.names import TRAIN_SUBJECTS
+
+    trained = [s for s in report.subjects if s in TRAIN_SUBJECTS]
+    if trained:
+        click.echo(f"note: {shards}: holds training subjects ({', '.join(trained)}); the test subjects are S9, S11",
+                   err=True)
     return report
 
 
@@ -651,7 +663,7 @@ def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
                       f"({-100 * i.reduction:+.0f} %)", soft_wrap=True)
     took = sum(result.seconds.values())
     verdict = "[green]beats the baseline[/]" if result.beats_baseline else "[red]does not beat the baseline[/]"
-    console.print(f"demo: the model {verdict} on {', '.join(result.report.subjects)}; {took:.0f} s; "
+    console.print(f"demo: the model {verdict} on {_lit(', '.join(result.report.subjects))}; {took:.0f} s; "
                   f"report in {_lit(result.report_dir)}", soft_wrap=True)
 
 

@@ -6,7 +6,8 @@
 
 The temporary file is hidden, beside the target (same file system, so the rename is atomic) and named with the
 process id, so two processes writing the same target never share a temporary file; the last rename wins whole.
-A failure (a full disk, a read-only folder) removes the temporary file and raises H36MError naming the target.
+A failure (a full disk, a read-only folder) removes the temporary file and raises H36MError naming the target; a
+killed process leaves its temporary file, which `remove_stale_temporaries` removes once that process is gone.
 """
 from __future__ import annotations
 
@@ -22,6 +23,31 @@ from h36m.h36m_tools.errors import H36MError
 def temporary_name(path: Path) -> Path:
     """The hidden temporary file this process writes `path` through."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, pattern: str = "*") -> list[Path]:
+    """Remove the temporary files (`temporary_name`) of `pattern`'s targets in `folder` whose process is gone (a
+    killed run's leftovers; a live process's files are kept); returns those removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".{pattern}.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:       # another user's process has the pid
+        return True
+    return True
 
 
 @contextmanager

@@ -51,3 +51,33 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip("../shared/realdata not present")
     return REALDATA
+
+
+# ----- the fault-injection suite's summary (tests/test_faults.py) ----------------------------------------------
+_FAULT_CASES: dict[str, tuple[str, str]] = {}     # test id -> (outcome, what it checked)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if item.module is None or not item.module.__name__.endswith("test_faults"):
+        return
+    if rep.when == "call" or rep.outcome != "passed":     # setup failures and skips count too
+        doc = (item.function.__doc__ or "").strip().split("\n\n")[0]
+        what = " ".join(doc.split())
+        if item.nodeid not in _FAULT_CASES or rep.outcome != "passed":
+            _FAULT_CASES[item.nodeid] = (rep.outcome, what)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Cases of the fault-injection suite, how many passed, and what each checked."""
+    if not _FAULT_CASES:
+        return
+    tr = terminalreporter
+    counts = {o: sum(v[0] == o for v in _FAULT_CASES.values()) for o in ("passed", "failed", "skipped")}
+    tr.section("fault injection")
+    tr.write_line(f"{len(_FAULT_CASES)} cases: {counts['passed']} passed, {counts['failed']} failed, "
+                  f"{counts['skipped']} skipped")
+    for nodeid, (outcome, what) in _FAULT_CASES.items():
+        tr.write_line(f"  {outcome:7} {nodeid.split('::', 1)[1]}: {what}")

@@ -33,13 +33,20 @@ def run_cli_on_small_disk(folder: Path, kib: int, *args, timeout: float = 120) -
     """`h36m ARGS...` in a subprocess that sees a `kib` KiB tmpfs mounted on `folder` (a private mount namespace:
     nothing stays mounted after it): writes past that size fail with the kernel's real ENOSPC. Skips the test
     where this machine cannot mount one."""
+    return run_cli_on_tmpfs(folder, f"size={kib}k", *args, timeout=timeout)
+
+
+def run_cli_on_tmpfs(folder: Path, options: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`h36m ARGS...` in a subprocess that sees a fresh tmpfs mounted on `folder` with mount `options` (e.g.
+    `size=64k`: a full disk; `ro`: a read-only file system), in a private mount namespace. Skips the test where
+    this machine cannot make one (unshare -m)."""
     unshare = shutil.which("unshare")
     probe = subprocess.run([unshare, "-m", "true"], capture_output=True) if unshare else None
     if probe is None or probe.returncode != 0:
         pytest.skip("cannot make a private mount namespace here (unshare -m)")
     folder.mkdir(parents=True, exist_ok=True)
-    script = 'mount -t tmpfs -o size="$1"k tmpfs "$2" && shift 2 && exec "$@"'
-    return subprocess.run([unshare, "-m", "sh", "-c", script, "sh", str(kib), str(folder), str(H36M),
+    script = 'mount -t tmpfs -o "$1" tmpfs "$2" && shift 2 && exec "$@"'
+    return subprocess.run([unshare, "-m", "sh", "-c", script, "sh", options, str(folder), str(H36M),
                            *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "COLUMNS": "80"})
 

@@ -162,9 +162,18 @@ def _pose_view(poses: _Poses, d2: np.ndarray | None, d2_file, mono: np.ndarray |
 
 # ----------------------------------------------------------------------------------------- one camera
 
+#: Masks may be scaled copies of their video's frame (e.g. half its size); their aspect ratio may differ from the
+#: video's by this share (real 1000x1000 masks of 1000x1002 videos). More is another picture: the file is not used.
+MASK_SIZE_TOLERANCE = 0.01
+
+
+class _MaskSize(H36MError):
+    """A mask file whose masks are not the size of its video."""
+
+
 def _mask_boxes(path, n: int, width: int, height: int, margin: float) -> tuple[np.ndarray, int]:
     """(n, 4) boxes from a ground_truth_bb file or archive member (NaN where a frame has no mask or an empty
-    one), and how many."""
+    one), and how many. Raises _MaskSize for masks of another aspect ratio than the video's."""
     from h36m.h36m_tools.archives import local_file
     from h36m.h36m_tools.masks import iter_masks
 
@@ -176,6 +185,9 @@ def _mask_boxes(path, n: int, width: int, height: int, margin: float) -> tuple[n
         for t, m in enumerate(iter_masks(local)):
             if t >= n:
                 break
+            if abs((m.shape[0] / height) / (m.shape[1] / width) - 1) > MASK_SIZE_TOLERANCE:
+                raise _MaskSize(path, f"masks are {m.shape[1]}x{m.shape[0]}, not the shape of the {width}x{height} "
+                                      f"video")
             e = mask_extent(m, width, height)
             if e is not None:
                 boxes[t] = square_box(e, margin)
@@ -238,8 +250,11 @@ def _camera_boxes(files: SequenceFiles, camera: Camera, j2d: np.ndarray, n: int,
         return boxes, False, None
     if camera.id not in files.masks:
         return boxes, False, f"camera {camera.id}: no mask file, boxes from joints"
-    mb, count = _mask_boxes(files.masks[camera.id], n, camera.intrinsics.width, camera.intrinsics.height,
-                            cfg.margin)
+    try:
+        mb, count = _mask_boxes(files.masks[camera.id], n, camera.intrinsics.width, camera.intrinsics.height,
+                                cfg.margin)
+    except _MaskSize as e:             # masks of another size: a wrong crop if stretched
+        return boxes, False, f"camera {camera.id}: {e}; boxes from joints"
     ok = ~np.isnan(mb[:, 0])
     boxes[ok] = mb[ok]
     note = f"camera {camera.id}: {n - count} frames without a mask, boxes from joints" if count < n else None
@@ -396,12 +411,15 @@ def run_extract(cfg: ExtractConfig, plan: Plan | None = None,
     Returns one result per sequence done in this run, in plan order (sequences already done are not redone).
     """
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from h36m.pipelines.workers import die_with_parent
 
     plan = plan or plan_extract(cfg)
     todo: list[PlannedSequence] = plan.todo
     source, options = str(Path(cfg.raw).resolve()), cfg.output_options()
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    store.prepare(cfg.out)
     results: dict[str, SequenceResult] = {}
 
     def finished(r: SequenceResult):
@@ -421,7 +439,8 @@ def run_extract(cfg: ExtractConfig, plan: Plan | None = None,
         # forkserver, not fork: a caller that already ran OpenCV (or any thread pool) would hand its workers
         # locks held by threads that do not exist in them (cv2.setNumThreads then hangs)
         ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=ctx, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(extract_sequence, s.files, cfg): s for s in todo}
             try:
                 for fut in as_completed(futures):

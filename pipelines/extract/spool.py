@@ -31,7 +31,12 @@ class Spool:
         return SpoolRows(self, cameras, frames)
 
     def close(self) -> None:
-        self.file.close()
+        """Discard the spool. Its file is unlinked already, so data still buffered need not reach the disk: a
+        full disk failing that last flush is not an error (the error that stopped the work is reported)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
 
 
 @dataclass

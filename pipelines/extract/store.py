@@ -3,7 +3,9 @@
 Every sequence a run finishes leaves a record `S1/Directions_1.json` next to its data, written atomically after the
 data: {"key", "status": "done" | "skipped" | "failed", "options", and "entry" (done) or "reason"}. The manifest and
 cameras.json are functions of the records alone, rebuilt under an exclusive lock (`.extract.lock`, fcntl), so runs of
-several `--part`s into one folder, or a run killed and started again, all end with the same bytes.
+several `--part`s into one folder, or a run killed and started again, all end with the same bytes. Two runs of the
+same part at once both finish correctly: every file goes through a temporary file of its own process
+(`files.atomic_path`) and the same input gives the same bytes, so the later rename replaces a file with its equal.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-from h36m.pipelines.files import write_atomic
+from h36m.pipelines.files import remove_stale_temporaries, write_atomic
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import camera_order, sequence_order, subject_order
 
@@ -81,11 +83,28 @@ def check_options(out: Path, options: dict) -> None:
             raise H36MError(path, f"this folder was extracted with other options ({diff}); use another OUT folder")
 
 
+def _open_lock(out: Path):
+    """The folder's lock file, opened (made with the folder if need be); H36MError naming the folder if it cannot
+    be written (read-only, full)."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return open(Path(out) / LOCK_NAME, "a")
+    except OSError as e:
+        raise H36MError(out, f"cannot write here ({e.strerror or e})") from None
+
+
+def prepare(out: Path) -> None:
+    """Make the output folder and check it can be written (its lock file), before any work is done; remove the
+    temporary files a killed run left behind."""
+    _open_lock(out).close()
+    for folder in [Path(out), *sorted(p for p in Path(out).glob("S*") if p.is_dir())]:
+        remove_stale_temporaries(folder)
+
+
 @contextmanager
 def locked(out: Path):
     """An exclusive lock on the extracted folder (blocks until concurrent parts release it)."""
-    Path(out).mkdir(parents=True, exist_ok=True)
-    with open(Path(out) / LOCK_NAME, "a") as fh:
+    with _open_lock(out) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -32,6 +32,7 @@ from h36m.pipelines.loader.pool import HELD, ImagePool, new_images, release
 from h36m.pipelines.loader.stages import (MESSAGE_CROPS, LoaderStats, ReaderState, ShardWarning, plan_samples,
                                           to_clips, to_messages)
 from h36m.pipelines.shards.urls import expand_urls, shard_counts
+from h36m.pipelines.workers import die_with_parent
 
 #: Image buffers a worker recycles beyond its prefetched messages: the message in use + one being filled.
 POOL_EXTRA = 2
@@ -101,11 +102,13 @@ SMALL = ("pose2d", "pose3d_cam", "pose3d", "box", "view_mask", "view_index")
 
 
 def _worker_init(worker_id: int) -> None:
-    """A DataLoader worker's first act: move the objects it inherited from the main process (torch's millions) out
+    """A DataLoader worker's first act: die with the main process (`workers.die_with_parent`: a kill -9 of the
+    trainer leaves no worker behind), and move the objects it inherited from the main process (torch's millions) out
     of the cyclic garbage collector's reach. Otherwise the worker's first full collections walk them all, writing to
     each object's header, which copies every page of the inherited heap (copy-on-write): seconds of CPU at the start
     of every epoch. (`gc.freeze` only relinks the collector's lists; the worker's own objects are collected as
     usual.)"""
+    die_with_parent()
     gc.freeze()
 
 

@@ -11,7 +11,6 @@ Every stage counts what it skips in a `ReaderState` (a damaged shard once, a bad
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import warnings
 from dataclasses import dataclass, field, fields
@@ -22,7 +21,7 @@ import numpy as np
 from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.pipelines.loader.augment import random_flip
 from h36m.pipelines.loader.plan import Unit
-from h36m.pipelines.shards.sample import ARRAYS, MAX_VIEWS, Clip, decode_into, decode_sample
+from h36m.pipelines.shards.sample import ARRAYS, MAX_VIEWS, Clip, decode_into, decode_sample, finite_problem, load_json
 from h36m.pipelines.shards.tarstream import iter_samples, iter_tar_files
 from h36m.pipelines.shards.urls import open_url
 
@@ -179,9 +178,9 @@ def incomplete(raw: dict) -> str | None:
     if lack:
         return f"no {', '.join(lack)}"
     try:
-        meta = json.loads(bytes(raw["meta.json"]))
+        meta = load_json(raw["meta.json"], "meta.json")
         want = len(meta["cameras"]) * len(meta["frames"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):
         return None                         # decode_sample reports a bad meta.json as a bad sample
     got = sum(1 for k in raw if k.endswith(".jpg"))
     return None if got >= want else f"{got} of {want} JPEGs"
@@ -190,8 +189,9 @@ def incomplete(raw: dict) -> str | None:
 # ----------------------------------------------------------------------------------------- clips and batches
 
 def to_clips(raws: Iterator[dict], state: ReaderState, augment: bool, rng: np.random.Generator) -> Iterator[Clip]:
-    """Annotations decoded and checked, flipped when augmenting (images are decoded into the batch later); every
-    clip of the stream has the first one's frame count and crop size."""
+    """Annotations decoded and checked (schema, bounds, shapes against meta.json, finite values: a NaN never reaches
+    training), flipped when augmenting (images are decoded into the batch later); every clip of the stream has the
+    first one's frame count and crop size. A bad sample is skipped and counted, whatever is wrong with it."""
     shape = None
     for raw in raws:
         try:
@@ -203,7 +203,10 @@ def to_clips(raws: Iterator[dict], state: ReaderState, augment: bool, rng: np.ra
                 raise ValueError(f"{s[0]} frames of {s[1]} px, this stream has {shape[0]} of {shape[1]} px")
             if clip.views > MAX_VIEWS:
                 raise ValueError(f"{clip.views} views, at most {MAX_VIEWS}")
-        except ValueError as e:
+            bad = finite_problem(clip)
+            if bad:
+                raise ValueError(bad)
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:     # hostile data: one sample
             state.skip_sample(raw.get("__url__", "?"), raw.get("__key__", "?"), e)
             continue
         yield random_flip(clip, rng) if augment else clip

@@ -82,6 +82,61 @@ def json_bytes(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
+#: Bounds on a shard's untrusted JSON members: bytes (a real meta.json is under 2 kB, cameras.json under 3 kB for
+#: 4 views) and nesting (cameras.json nests 4 deep: a list of views, a view, R, its rows).
+MAX_JSON_BYTES = 1 << 20
+MAX_JSON_DEPTH = 8
+#: Bounds on what meta.json may ask the reader to allocate: frames per clip, the crop side in px, and the pixels of
+#: a decoded clip (views x frames x side x side; a paper clip, 4 x 128 x 224 x 224, has 26 M).
+MAX_FRAMES = 4096
+MAX_CROP = 4096
+MAX_CLIP_PIXELS = 1 << 28
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NESTING = np.zeros(256, np.int32)        # byte -> change of nesting depth
+_NESTING[[ord("["), ord("{")]], _NESTING[[ord("]"), ord("}")]] = 1, -1
+
+
+def load_json(data: bytes, name: str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH):
+    """Untrusted JSON bytes -> value; ValueError naming member `name` if it is larger than `max_bytes`, nests
+    deeper than `max_depth` (checked before parsing: the parser recurses) or is not JSON."""
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise ValueError(f"{name}: {len(data)} bytes, at most {max_bytes}")
+    if data.count(b"[") + data.count(b"{") > max_depth:                # else it cannot nest deeper
+        bare = np.frombuffer(_JSON_STRING.sub(b'""', data), np.uint8)  # brackets inside strings do not nest
+        if int(np.cumsum(_NESTING[bare]).max()) > max_depth:
+            raise ValueError(f"{name}: nested deeper than {max_depth} levels")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{name}: unreadable JSON ({e})") from None
+
+
+def _check_meta(meta) -> None:
+    """The types and bounds of meta.json's fields (what the readers index and allocate with); ValueError."""
+    if not isinstance(meta, dict):
+        raise ValueError("meta.json is not an object")
+    lack = [f for f in META_FIELDS if f not in meta]
+    if lack:
+        raise ValueError(f"meta.json lacks {lack}")
+    if meta["format"] != FORMAT:
+        raise ValueError(f"meta.json format {meta['format']!r}, this reader knows {FORMAT}")
+    cams, frames = meta["cameras"], meta["frames"]
+    if not isinstance(cams, list) or not 1 <= len(cams) <= MAX_VIEWS:
+        raise ValueError(f"meta.json cameras must list 1 to {MAX_VIEWS} cameras")
+    if (not isinstance(frames, list) or not 1 <= len(frames) <= MAX_FRAMES
+            or not all(type(f) is int for f in frames)):
+        raise ValueError(f"meta.json frames must list 1 to {MAX_FRAMES} frame numbers")
+    for f, low, high in (("real_frames", 1, len(frames)), ("crop_size", 1, MAX_CROP)):
+        if type(meta[f]) is not int or not low <= meta[f] <= high:
+            raise ValueError(f"meta.json {f} must be an integer in {low}..{high}, got {meta[f]!r}")
+    if len(cams) * len(frames) * meta["crop_size"] ** 2 > MAX_CLIP_PIXELS:
+        raise ValueError(f"meta.json: {len(cams)} views x {len(frames)} frames of {meta['crop_size']} px crops, "
+                         f"more than {MAX_CLIP_PIXELS} pixels")
+    if not all(isinstance(meta[f], str) for f in ("subject", "sequence", "action")):
+        raise ValueError("meta.json subject, sequence and action must be strings")
+
+
 def encode_clip(clip: Clip) -> list[tuple[str, bytes]]:
     """The tar members of a clip, `(extension, bytes)` sorted by extension (the order they are written in)."""
     members = {"meta.json": json_bytes(clip.meta), "cameras.json": json_bytes(clip.cameras)}
@@ -117,24 +172,18 @@ def _load_npy(data: bytes, name: str) -> np.ndarray:
 def decode_sample(sample: dict) -> Clip:
     """A raw WebDataset sample (`__key__` and extension -> bytes) -> Clip with JPEG bytes (not decoded).
 
-    Checks the schema and every shape; raises ValueError naming the member and the problem.
+    Checks the schema, meta.json's types and bounds (`_check_meta`) and every shape; JSON is parsed with size and
+    depth limits (`load_json`). Raises ValueError naming the member and the problem. Values are not checked here
+    (see `finite_problem`).
     """
     key = sample.get("__key__", "?")
     for ext in ("meta.json", "cameras.json") + tuple(f"{n}.npy" for n in ARRAYS):
         if ext not in sample:
             raise ValueError(f"missing member {ext}")
-    try:
-        meta = json.loads(bytes(sample["meta.json"]))
-        cameras = json.loads(bytes(sample["cameras.json"]))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"unreadable JSON ({e})") from None
-    if not isinstance(meta, dict) or [f for f in META_FIELDS if f not in meta]:
-        raise ValueError(f"meta.json lacks {[f for f in META_FIELDS if f not in meta] if isinstance(meta, dict) else META_FIELDS}")
-    if meta["format"] != FORMAT:
-        raise ValueError(f"meta.json format {meta['format']}, this reader knows {FORMAT}")
+    meta = load_json(sample["meta.json"], "meta.json")
+    cameras = load_json(sample["cameras.json"], "cameras.json")
+    _check_meta(meta)
     V, F = len(meta["cameras"]), len(meta["frames"])
-    if V < 1 or F < 1:
-        raise ValueError(f"meta.json has {V} cameras and {F} frames")
     if not isinstance(cameras, list) or len(cameras) != V or any(
             not isinstance(c, dict) or any(f not in c for f in CAMERA_FIELDS) for c in cameras):
         raise ValueError(f"cameras.json must list {V} cameras with {', '.join(CAMERA_FIELDS)}")
@@ -156,6 +205,15 @@ def decode_sample(sample: dict) -> Clip:
     if missing:
         raise ValueError(f"missing {len(missing)} JPEG members (first {missing[0]})")
     return Clip(key=key, meta=meta, cameras=cameras, jpeg=jpeg, source=str(sample.get("__url__", "")), **arrays)
+
+
+def finite_problem(clip: Clip) -> str | None:
+    """The first array of a clip holding NaN or infinite values, worded as a problem; None if all are finite."""
+    for name in ARRAYS:
+        a = getattr(clip, name)
+        if not np.isfinite(a).all():
+            return f"{name}.npy holds {int((~np.isfinite(a)).sum())} non-finite values"
+    return None
 
 
 @functools.lru_cache(maxsize=16)

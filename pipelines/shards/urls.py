@@ -17,15 +17,15 @@ from h36m.pipelines.shards.sample import SHARD_RE
 
 def expand_urls(urls: str | list[str]) -> list[str]:
     """Brace patterns (`a-{000000..000003}.tar`), `::`-separated lists and local globs -> a list of URLs, in order
-    (each glob sorted)."""
+    (each glob sorted). A local path that exists is taken as it is, even if it holds glob characters."""
     import braceexpand
 
     items = urls.split("::") if isinstance(urls, str) else list(urls)
     out = []
     for item in items:
         for url in braceexpand.braceexpand(str(item)):
-            if is_local(url) and any(c in url for c in "*?["):
-                out += sorted(glob.glob(local_path(url)))
+            if is_local(url) and any(c in url for c in "*?[") and not Path(local_path(url)).exists():
+                out += sorted(glob.glob(local_path(url)))     # (a path that exists is itself, `[` and all)
             else:
                 out.append(url)
     return out

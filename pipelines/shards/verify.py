@@ -14,9 +14,10 @@ from typing import Callable
 import numpy as np
 
 from h36m.pipelines.files import sha256_file
-from h36m.pipelines.shards.sample import (ARRAYS, FORMAT, MAX_VIEWS, clip_key, decode_images, decode_sample,
-                                          iter_tar_samples)
+from h36m.pipelines.shards.sample import (ARRAYS, CAMERA_FIELDS, FORMAT, MAX_VIEWS, clip_key, decode_images,
+                                          decode_sample, iter_tar_samples)
 from h36m.pipelines.shards.urls import index_for
+from h36m.pipelines.workers import die_with_parent
 
 KEY_RE = re.compile(r"^S\d+/[^./\s]+/\d{6}$")
 _KNOWN = re.compile(r"^(meta\.json|cameras\.json|(" + "|".join(ARRAYS) + r")\.npy|v\d+_\d{4}\.jpg)$")
@@ -82,6 +83,11 @@ def check_clip_values(clip) -> list[str]:
         a = getattr(clip, name)
         if not np.isfinite(a).all():
             out.append(f"{name}.npy holds {int((~np.isfinite(a)).sum())} non-finite values")
+    for c in clip.cameras:
+        bad = [f for f in CAMERA_FIELDS[1:] if not _finite_numbers(c[f])]
+        if bad:
+            out.append(f"cameras.json camera {c['id']!r}: {', '.join(bad)} not finite numbers")
+            break
     b = clip.box
     if np.isfinite(b).all() and not ((b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1])).all():
         out.append("box.npy has boxes with x1 <= x0 or y1 <= y0")
@@ -91,9 +97,25 @@ def check_clip_values(clip) -> list[str]:
     return out
 
 
+def _finite_numbers(value) -> bool:
+    """Whether a JSON value is a finite number or a (nested) list of them."""
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        return False
+    return a.dtype == np.float64 and bool(np.isfinite(a).all())
+
+
 def verify_shard(path: str | Path, decode: bool = True) -> tuple[int, list[Problem], list[str]]:
-    """(samples read, problems, keys) of one shard file."""
-    path = Path(path)
+    """(samples read, problems, keys) of one shard file. Whatever the shard holds, its problems are returned, never
+    raised: one hostile shard costs its own verdict only."""
+    try:
+        return _verify_shard(Path(path), decode)
+    except Exception as e:          # not foreseen below: still a verdict on this shard, and the others go on
+        return 0, [Problem(str(path), None, f"cannot be checked ({type(e).__name__}: {str(e)[:200]})")], []
+
+
+def _verify_shard(path: Path, decode: bool) -> tuple[int, list[Problem], list[str]]:
     problems: list[Problem] = []
     keys: list[str] = []
 
@@ -118,13 +140,14 @@ def verify_shard(path: str | Path, decode: bool = True) -> tuple[int, list[Probl
                 clip = decode_sample(raw)
                 if decode:
                     decode_images(clip)
-            except ValueError as e:
+            except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
                 problem(key, str(e))
                 continue
             for msg in check_clip_values(clip):
                 problem(key, msg)
     except (tarfile.TarError, OSError, EOFError) as e:
-        problem(None, f"truncated or corrupt tar after {len(keys)} samples ({type(e).__name__}: {e.args[0] if e.args else e})")
+        why = e.args[0] if e.args else e
+        problem(None, f"truncated or corrupt tar after {len(keys)} samples ({type(e).__name__}: {why})")
         return len(keys), problems, keys
     if not _has_end_marker(path):
         problem(None, f"truncated tar after {len(keys)} samples (no end-of-archive blocks)")
@@ -180,7 +203,7 @@ def verify(paths: list[Path], decode: bool = True, workers: int = 1,
     """Check every sample of every shard in `paths`, then each shard against its index (`{split}-index.json`)."""
     report = VerifyReport()
     by_index: dict[Path, dict[str, int]] = {}
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(paths) > 1 else None
+    pool = ProcessPoolExecutor(workers, initializer=die_with_parent) if workers > 1 and len(paths) > 1 else None
     results = (pool.map if pool else map)(verify_shard, paths, [decode] * len(paths))
     try:
         _collect(paths, results, report, on_progress, by_index)

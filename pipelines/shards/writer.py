@@ -22,8 +22,8 @@ import numpy as np
 
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import subject_order
-from h36m.pipelines.files import sha256_file, temporary_name, write_atomic
-from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, SHARD_RE, SPLITS, TAILS, Clip, clip_key,
+from h36m.pipelines.files import remove_stale_temporaries, sha256_file, temporary_name, write_atomic
+from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, MAX_FRAMES, SHARD_RE, SPLITS, TAILS, Clip, clip_key,
                                           encode_clip, json_bytes)
 from h36m.pipelines.workers import die_with_parent
 
@@ -85,8 +85,8 @@ class ShardConfig:
     workers: int = 1                   # processes writing shards (the output does not depend on it)
 
     def __post_init__(self):
-        if self.frames < 1:
-            raise ValueError(f"--frames must be >= 1, got {self.frames}")
+        if not 1 <= self.frames <= MAX_FRAMES:     # readers refuse longer clips (and a clip is allocated whole)
+            raise ValueError(f"--frames must be in 1..{MAX_FRAMES}, got {self.frames}")
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"--stride must be >= 1, got {self.stride}")
         if self.split not in SPLITS:
@@ -171,7 +171,7 @@ def plan_clips(cfg: ShardConfig) -> ShardPlan:
         raise H36MError(Path(cfg.extracted) / "manifest.json", f"unreadable manifest ({e})") from None
     if not paths:
         raise H36MError(cfg.extracted, f"no extracted sequences of subjects {','.join(cfg.chosen_subjects)}")
-    clips, good, skipped = [], [], {}
+    clips, good, skipped, lengths = [], [], {}, []
     for p in paths:
         try:
             meta = _check_sequence(p)
@@ -179,9 +179,13 @@ def plan_clips(cfg: ShardConfig) -> ShardPlan:
             skipped[str(p)] = e.problem
             continue
         good.append(str(p))
+        lengths.append(meta.frames)
         clips += [ClipRef(str(p), s, n) for s, n in clip_starts(meta.frames, cfg.frames, cfg.step, cfg.tail)]
     if not good:
         raise H36MError(paths[0], f"no readable sequence ({skipped[str(paths[0])]})")
+    if not clips:                              # --frames beyond what the data holds: say so
+        raise H36MError(cfg.extracted, f"--frames {cfg.frames} is longer than the longest sequence "
+                                       f"({max(lengths)} frames); use at most {max(lengths)}, or --tail pad")
     if cfg.shuffle_seed is not None:
         order = np.random.default_rng(cfg.shuffle_seed).permutation(len(clips))
         clips = [clips[i] for i in order]
@@ -605,7 +609,7 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
     refs, sequences = plan.clips, plan.sequences
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(out, cfg.split)
+    remove_stale_temporaries(out, f"{cfg.split}-*")          # a killed run's half shards, journal, index
     journal = out / f".{cfg.split}-journal.json"
     fp = _fingerprint(cfg, sequences)
     layout, done = _read_journal(journal, fp, cfg.split)
@@ -647,9 +651,11 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
                 tasks = [ShardTask(out / _shard_name(cfg.split, i), refs[a:b], a, n, cfg.frames)
                          for i, (a, b, n) in enumerate(layout) if _shard_name(cfg.split, i) not in done]
                 errors = workers.write(tasks, finished, on_clips)
-        except BaseException:          # killed, a full disk, a bad sequence file: no half shard left behind
+        except BaseException as e:     # killed, a full disk, a bad sequence file: no half shard left behind
             workers.stop()
             _remove_temporaries(out, cfg.split)
+            if isinstance(e, OSError):  # tarfile's writes name no file: name the shards' folder
+                raise H36MError(out, f"cannot write shards ({e.strerror or e})") from None
             raise
     if errors:
         raise errors[0]

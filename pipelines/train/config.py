@@ -18,6 +18,8 @@ import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -155,6 +157,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     for name in ("epochs", "batch_size", "grad_accum"):
         if getattr(out, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+    for f in fields(TrainConfig):
+        v = getattr(out, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f.name} must be a finite number, got {v}")
     if out.lr <= 0 or out.warmup_epochs < 0:
         raise ValueError("lr must be > 0, warmup_epochs >= 0")
     if not out.urls() or not all(out.urls()):
@@ -179,7 +185,50 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise H36MError(path, f"unknown setting(s): {', '.join(unknown)}")
+    check_types(data, path)
     return data
+
+
+def _matches(value, hint) -> bool:
+    """Whether a TOML / JSON value fits a TrainConfig field's type hint (int is no bool; a float field takes an int;
+    lists and dicts are checked one level deep)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list or hint is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else \
+            isinstance(value, list)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table",
+             type(None): "absent"}
+    args = typing.get_args(hint)
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(args[0])}s"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_types(values: dict[str, Any], source: str | os.PathLike) -> None:
+    """Refuse a value of the wrong type for its TrainConfig field (`epochs = "ten"`, `augment = "false"`): H36MError
+    naming `source` and the key. Unknown keys are left to the caller."""
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in values.items():
+        if key in hints and not _matches(value, hints[key]):
+            raise H36MError(source, f"{key} must be {_type_name(hints[key])}, got {value!r}")
 
 
 def build_config(toml_path: str | os.PathLike | None = None, **overrides) -> TrainConfig:
@@ -192,6 +241,31 @@ def build_config(toml_path: str | os.PathLike | None = None, **overrides) -> Tra
         raise H36MError(toml_path or "options", str(e)) from None
 
 
+def check_model_types(overrides, template: dict, where: str = "model") -> None:
+    """Refuse a [model] override whose value is not of the type of the preset's (a number for a number, a bool for
+    a bool, a list for a list, a table for a table): ValueError naming the key, e.g. `model.lifter.depth`."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where} must be a table, got {overrides!r}")
+    for key, value in overrides.items():
+        if key not in template:
+            continue                                   # unknown keys: ModelConfig.from_dict names them
+        want, name = template[key], f"{where}.{key}"
+        if isinstance(want, dict):
+            check_model_types(value, want, name)
+            continue
+        if isinstance(want, bool) or isinstance(value, bool):
+            ok = isinstance(want, bool) and isinstance(value, bool)
+        elif isinstance(want, (int, float)):
+            ok = isinstance(value, (int, float)) and (isinstance(want, float) or isinstance(value, int))
+            ok = ok and math.isfinite(value)
+        elif want is None:
+            ok = True
+        else:
+            ok = isinstance(value, type(want))
+        if not ok:
+            raise ValueError(f"{name} must be {_type_name(type(want))} like the preset's {want!r}, got {value!r}")
+
+
 def model_config(cfg: TrainConfig, base=None):
     """The ModelConfig of a run: `base` (e.g. from an init checkpoint) or the preset, with cfg.model overrides,
     gradient checkpointing from cfg, and `lift` on only for the joint stage (2d and lift stages call the lifter
@@ -202,6 +276,7 @@ def model_config(cfg: TrainConfig, base=None):
         if cfg.preset not in PRESETS:
             raise ValueError(f"unknown preset {cfg.preset!r} (one of {', '.join(PRESETS)})")
         base = PRESETS[cfg.preset]
+    check_model_types(cfg.model or {}, base.to_dict())
     d = _deep_update(base.to_dict(), cfg.model or {})
     d["lift"] = cfg.stage == "joint"
     d["grad_checkpointing"] = bool(cfg.grad_checkpointing)
@@ -222,9 +297,15 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(d: dict[str, Any]) -> TrainConfig:
+def from_dict(d: dict[str, Any], source: str | os.PathLike = "config") -> TrainConfig:
+    """TrainConfig from a stored dict (a checkpoint's, config.json's); H36MError naming `source` on a value of the
+    wrong type."""
+    if not isinstance(d, dict):
+        raise H36MError(source, "the stored training config is not a table")
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in d.items() if k in known})
+    values = {k: v for k, v in d.items() if k in known}
+    check_types(values, source)
+    return TrainConfig(**values)
 
 
 def to_toml(train: dict[str, Any], model: dict[str, Any] | None = None) -> str:

@@ -36,6 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from h36m.pipelines.files import write_atomic
+from h36m.pipelines.shards.urls import is_pipe
 from h36m.h36m_tools.errors import H36MError
 
 from h36m.pipelines.train.losses import joint_distance, mpjpe_m
@@ -92,15 +93,26 @@ def resume(run: str | os.PathLike, on_progress: Optional[Callable[[TrainEvent], 
            max_steps: int | None = None, **control) -> TrainResult:
     """Continue the run in folder `run` at its checkpoint's step, up to `max_steps` (None: to the end). `control`
     may change only RUN_CONTROL fields (checkpoint_every, log_every, workers, shards, device, compile); None
-    values keep the run's."""
-    state = load_checkpoint(Path(run) / CHECKPOINT_NAME)
+    values keep the run's. The checkpoint is data, not a program: its stored config is type-checked, and stored
+    `pipe:` shard URLs (shell commands) are refused unless `shards` replaces them."""
+    ckpt = Path(run) / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt)
     bad = sorted(k for k, v in control.items() if v is not None and k not in RUN_CONTROL)
     if bad:
         raise ValueError(f"cannot change {', '.join(bad)} when resuming (only {', '.join(RUN_CONTROL)})")
-    cfg = from_dict(state["config"]["train"])
+    stored = state.get("config")
+    if not isinstance(stored, dict) or not isinstance(stored.get("train"), dict):
+        raise H36MError(ckpt, "holds no training config")
+    cfg = from_dict(stored["train"], ckpt)
+    if control.get("shards") is None:       # the user's --shards wins; a stored shell command is never run
+        piped = [u for u in cfg.urls() if is_pipe(str(u))]
+        if piped:
+            raise H36MError(ckpt, f"its stored shards are a shell command ({str(piped[0])[:80]!r}), which is not "
+                                  "run from a checkpoint; give --shards")
     if state.get("done"):
-        return TrainResult(Path(run), int(state["step"]), int(state["total_steps"]), cfg.epochs, True, math.nan,
-                           Path(run) / CHECKPOINT_NAME)
+        with _hostile(ckpt):
+            return TrainResult(Path(run), int(state["step"]), int(state["total_steps"]), cfg.epochs, True, math.nan,
+                               ckpt)
     cfg = replace(cfg, out=str(run), max_steps=max_steps, **{k: v for k, v in control.items() if v is not None})
     if cfg.stage == "lift":
         from h36m.pipelines.train.lift import train_lift
@@ -195,14 +207,17 @@ class _Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         init = load_checkpoint(cfg.init) if cfg.init and self.state is None else None
-        if self.state is not None:
-            mcfg = ModelConfig.from_dict(self.state["config"]["model"])
-        else:
-            mcfg = model_config(cfg, ModelConfig.from_dict(init["config"]["model"]) if init else None)
-        net = build_model(mcfg)
-        pretrained = self._load_pretrained(net) if self.state is None else []
+        source = self.run_dir / CHECKPOINT_NAME if self.state is not None else cfg.init
+        with _hostile(source):
+            if self.state is not None:
+                mcfg = ModelConfig.from_dict(self.state["config"]["model"])
+            else:
+                mcfg = model_config(cfg, ModelConfig.from_dict(init["config"]["model"]) if init else None)
+            net = build_model(mcfg)
+        pretrained = self._load_pretrained(net) if self.state is None else []     # its errors name their file
         if init is not None:
-            net.load_state_dict(init["model"])
+            with _hostile(source):
+                net.load_state_dict(init["model"])
         net.to(dev)
         stage = _stage_module(net, cfg).to(dev)
         opt = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
@@ -221,17 +236,18 @@ class _Trainer:
         step, stats = 0, PoseStats()
         if self.state is not None:
             s = self.state
-            if s["steps_per_epoch"] != steps_per_epoch:
-                raise H36MError(cfg.urls()[0], f"the shards now give {steps_per_epoch} steps per epoch, the run was "
-                                               f"started with {s['steps_per_epoch']}: not the same data")
-            net.load_state_dict(s["model"])
-            opt.load_state_dict(s["optimizer"])
-            sched.load_state_dict(s["scheduler"])
-            step, stats = int(s["step"]), PoseStats.from_state(s.get("stats"))
-            if self.rank == 0:
-                set_rng_state(s["rng"])
-            else:
-                torch.manual_seed(cfg.seed * 1000003 + self.rank * 7919 + step)
+            with _hostile(source):
+                if s["steps_per_epoch"] != steps_per_epoch:
+                    raise H36MError(cfg.urls()[0], f"the shards now give {steps_per_epoch} steps per epoch, the run "
+                                                   f"was started with {s['steps_per_epoch']}: not the same data")
+                net.load_state_dict(s["model"])
+                opt.load_state_dict(s["optimizer"])
+                sched.load_state_dict(s["scheduler"])
+                step, stats = int(s["step"]), PoseStats.from_state(s.get("stats"))
+                if self.rank == 0:
+                    set_rng_state(s["rng"])
+                else:
+                    torch.manual_seed(cfg.seed * 1000003 + self.rank * 7919 + step)
         elif self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.run_dir / "config.toml", to_toml(to_dict(cfg), mcfg.to_dict()))
@@ -434,6 +450,21 @@ class _Trainer:
 def _some(names: list[str], n: int = 3) -> str:
     """The first n names and how many more."""
     return ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "") if names else "none"
+
+
+@contextlib.contextmanager
+def _hostile(checkpoint):
+    """Errors of a checkpoint's content (a missing entry, a wrong type, weights of another shape) as one H36MError
+    naming the checkpoint (None: no checkpoint involved, errors pass unchanged)."""
+    try:
+        yield
+    except H36MError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        if checkpoint is None:
+            raise
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise H36MError(checkpoint, f"not a usable checkpoint ({type(e).__name__}: {first})") from None
 
 
 def _catch_signals(trainer) -> dict:
