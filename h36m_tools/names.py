@@ -248,9 +248,9 @@ def discover(root: str | Path, subjects=None) -> list[SequenceFiles]:
         for subject, line in _scan_archive(found, path, wanted).items():
             problems.setdefault(subject, []).append(line)
     if not found.seqs and not problems:
-        what = "the chosen subjects" if subjects is not None else \
-            "no S<n> folders with H36M files, nor H36M archives such as Videos_S1.tgz"
-        raise H36MError(root, f"not an H36M release ({what} not found)")
+        what = "no sequence of the chosen subjects" if subjects is not None else \
+            "no sequence found: no S<n> folder with H36M files, no H36M archive such as Videos_S1.tgz"
+        raise H36MError(root, f"not an H36M release ({what})")
     out: list[SequenceFiles] = []
     for subject in sorted(set(found.seqs) | set(problems), key=subject_order):
         seqs = found.seqs.get(subject, {})

@@ -162,9 +162,10 @@ def _stage_module(net, cfg: TrainConfig):
 
 
 def _param_groups(net, weight_decay: float):
-    """AdamW groups of the network's trainable parameters: no weight decay on biases and norms (1-D), on the
-    network's declared embeddings and tables (`no_weight_decay()`) and on Swin's relative position tables."""
-    exempt = net.no_weight_decay()
+    """AdamW groups of a module's trainable parameters: no weight decay on biases and norms (1-D), on its declared
+    embeddings and tables (`PoseNetwork.no_weight_decay()`, a part's `NO_WEIGHT_DECAY`) and on Swin's relative
+    position tables."""
+    exempt = net.no_weight_decay() if hasattr(net, "no_weight_decay") else set(getattr(net, "NO_WEIGHT_DECAY", ()))
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         if not p.requires_grad:
