@@ -624,7 +624,7 @@ def export(src, out, subjects):
 @sequences_per_subject_option
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(16), help="Frames per sequence.")
 @click.option("--epochs-2d", default=24, show_default=True, type=click.IntRange(1))
-@click.option("--epochs-lift", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--epochs-lift", default=6, show_default=True, type=click.IntRange(1))
 def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
     """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d) ->
     predict (whole sequences) -> train lift (whole sequences, predicted 2-D) -> Table II on S9/S11 against a mean-pose
