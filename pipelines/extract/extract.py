@@ -311,6 +311,8 @@ def _extract(files: SequenceFiles, cfg: ExtractConfig, cs: CameraSet, source: st
                         spool.drop(cid)
                         views.drop(cid, name_member(e, video, ref))
                         continue
+            except Skip:                        # too few cameras left (raised by views.drop above): once
+                raise
             except H36MError as e:
                 if e.path != str(ref):          # the archive member could not be copied: that camera only
                     raise
