@@ -113,9 +113,9 @@ def to_markdown(r: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rich_tables(r: EvalReport, width: int = 200) -> list:
-    """rich renderables: Table-II-like tables of MPJPE and P-MPJPE (rows = methods, 15 actions + Avg; split in two
-    halves of the actions when `width` columns cannot hold them), other 3-D metrics, the 2-D table."""
+def action_tables(r, methods, width: int) -> list:
+    """Table-II-like rich tables of MPJPE and P-MPJPE: a row per method (`r.row(method, metric)`), the 15 actions
+    and Avg, split in two halves of the actions when `width` columns cannot hold them."""
     from rich import box
     from rich.table import Table
 
@@ -131,10 +131,19 @@ def rich_tables(r: EvalReport, width: int = 200) -> list:
             last = actions[-1] == ACTIONS[-1]
             if last:
                 t.add_column("Avg", justify="right", style="bold", no_wrap=True)
-            for method in METHODS:
+            for method in methods:
                 row = r.row(method, metric)
                 t.add_row(method, *[_cell(row.actions[a], 0) for a in actions], *([_cell(row.avg)] if last else []))
             out.append(t)
+    return out
+
+
+def rich_tables(r: EvalReport, width: int = 200) -> list:
+    """rich renderables: Table-II-like tables of MPJPE and P-MPJPE (rows = methods, 15 actions + Avg; split in two
+    halves of the actions when `width` columns cannot hold them), other 3-D metrics, the 2-D table."""
+    from rich.table import Table
+
+    out = action_tables(r, METHODS, width)
     t = Table(title="Other 3-D metrics (Avg over actions / all frames)", title_justify="left")
     t.add_column("Method")
     for metric in METRICS_3D:
@@ -298,26 +307,7 @@ def lift_to_csv(r) -> str:
 def lift_rich_tables(r, width: int = 200) -> list:
     """rich renderables: Table II (MPJPE, P-MPJPE; rows = Mean pose and each 2-D source; split in two halves of the
     actions when `width` columns cannot hold them)."""
-    from rich import box
-    from rich.table import Table
-
-    out = []
-    halves = [ACTIONS] if width >= 132 else [ACTIONS[:8], ACTIONS[8:]]
-    for metric in ("MPJPE", "P-MPJPE"):
-        for i, actions in enumerate(halves):
-            title = TITLES[metric] + ("" if len(halves) == 1 else f" ({i + 1}/2)")
-            t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
-            t.add_column("Method", no_wrap=True)
-            for a in actions:
-                t.add_column(SHORT[a], justify="right", no_wrap=True)
-            last = actions[-1] == ACTIONS[-1]
-            if last:
-                t.add_column("Avg", justify="right", style="bold", no_wrap=True)
-            for method in r.methods:
-                row = r.row(method, metric)
-                t.add_row(method, *[_cell(row.actions[a], 0) for a in actions], *([_cell(row.avg)] if last else []))
-            out.append(t)
-    return out
+    return action_tables(r, r.methods, width)
 
 
 def write_lift_report(r, out: str | os.PathLike):
