@@ -119,35 +119,34 @@ class TrainConfig:
 RUN_CONTROL = ("max_steps", "checkpoint_every", "log_every", "workers", "shards", "device", "compile")
 
 
+def _from_recipe(cfg: TrainConfig, recipe, *names: str) -> dict[str, Any]:
+    """The named fields of `cfg`, those left None taken from `recipe`."""
+    return {n: getattr(recipe, n) if getattr(cfg, n) is None else getattr(cfg, n) for n in names}
+
+
+def _at_least_one(cfg: TrainConfig, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill None fields from the preset's recipe and check values; raises ValueError on a bad value."""
     r = recipe_for(cfg.preset, cfg.stage)
     if cfg.stage == "lift":
         out = dataclasses.replace(
-            cfg,
-            epochs=r.epochs if cfg.epochs is None else cfg.epochs,
-            batch_size=r.batch_size if cfg.batch_size is None else cfg.batch_size,
-            lr=r.lr if cfg.lr is None else cfg.lr,
-            weight_decay=r.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
-            lr_decay=r.lr_decay if cfg.lr_decay is None else cfg.lr_decay,
+            cfg, **_from_recipe(cfg, r, "epochs", "batch_size", "lr", "weight_decay", "lr_decay"),
             warmup_epochs=0.0 if cfg.warmup_epochs is None else cfg.warmup_epochs)
-        for name in ("epochs", "batch_size"):
-            if getattr(out, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+        _at_least_one(out, "epochs", "batch_size")
         if out.lr <= 0 or not 0 < out.lr_decay <= 1:
             raise ValueError("lr must be > 0 and lr_decay in (0, 1]")
         if not out.data:
             raise ValueError("the lift stage needs --data EXTRACTED (an extracted dataset)")
         return out
     out = dataclasses.replace(
-        cfg,
-        epochs=r.epochs if cfg.epochs is None else cfg.epochs,
-        batch_size=r.batch_size if cfg.batch_size is None else cfg.batch_size,
-        lr=r.lr if cfg.lr is None else cfg.lr,
-        weight_decay=r.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
+        cfg, **_from_recipe(cfg, r, "epochs", "batch_size", "lr", "weight_decay", "affine"),
         warmup_epochs=(r.warmup_epochs * (cfg.epochs or r.epochs) / r.epochs if cfg.warmup_epochs is None
                        else cfg.warmup_epochs),
-        affine=r.affine if cfg.affine is None else cfg.affine,
     )
     if out.stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {out.stage!r}")
@@ -155,9 +154,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
     if out.affine not in AFFINE:
         raise ValueError(f"affine must be one of {', '.join(AFFINE)}, got {out.affine!r}")
-    for name in ("epochs", "batch_size", "grad_accum"):
-        if getattr(out, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+    _at_least_one(out, "epochs", "batch_size", "grad_accum")
     for f in fields(TrainConfig):
         v = getattr(out, f.name)
         if isinstance(v, float) and not math.isfinite(v):
