@@ -81,6 +81,17 @@ def sequences_per_subject_option(f):
     return click.option("--sequences-per-subject", default=3, show_default=True, type=click.IntRange(1, 30))(f)
 
 
+def actions_option(default: str | None, help: str):
+    return click.option("--actions", default=default, show_default=default is not None, help=help)
+
+
+def _parse_actions(text: str | None) -> tuple[str, ...]:
+    """'Directions,Eating' (H36M's action names or VideoPose3D's aliases) -> ('Directions', 'Eating')."""
+    from h36m.h36m_tools.names import canonical_action
+
+    return tuple(dict.fromkeys(canonical_action(a) for a in (text or "").replace(" ", "").split(",") if a))
+
+
 def batch_size_option(default: int | None = None, help: str = "Clips per process per batch."):
     return click.option("--batch-size", default=default, show_default=default is not None,
                         type=click.IntRange(1), help=help)
@@ -105,6 +116,8 @@ def main():
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @subjects_option("S1,S5,S9,S11", "Comma-separated subjects.")
 @sequences_per_subject_option
+@actions_option(None, "Comma-separated actions every subject performs, as in the real release (e.g. "
+                "Directions,Eating,Walking) [default: --sequences-per-subject actions spread over the subjects].")
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(2), help="Pose frames per sequence.")
 @click.option("--scale", default=0.25, show_default=True, type=click.FloatRange(0.05, 1.0),
               help="Video size as a fraction of the real 1000x1000 / 1000x1002.")
@@ -112,7 +125,7 @@ def main():
 @click.option("--no-quirks", is_flag=True, help="Leave out the real release's quirks (extra frames, a truncated "
               "video, a subject without D2/masks).")
 @workers_option()
-def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, workers):
+def synth(out, subjects, sequences_per_subject, actions, frames, scale, seed, no_quirks, workers):
     """Write a synthetic release in the exact H36M layout and formats to OUT."""
     import os
 
@@ -120,7 +133,8 @@ def synth(out, subjects, sequences_per_subject, frames, scale, seed, no_quirks, 
     from h36m.pipelines.synth.release import SynthConfig, choose_sequences, run_synth
 
     cfg = SynthConfig(out=out, subjects=parse_subjects(subjects), sequences_per_subject=sequences_per_subject,
-                      frames=frames, scale=scale, seed=seed, quirks=not no_quirks,
+                      actions=_parse_actions(actions), frames=frames, scale=scale, seed=seed,
+                      quirks=not no_quirks,
                       workers=workers or os.cpu_count() or 1)
     jobs = choose_sequences(cfg)
     console = _console()
@@ -442,11 +456,11 @@ def train(shards, out, preset, stage, config_file, init, data, keypoints, train_
 
 
 def _print_report(console, report):
-    from h36m.pipelines.evaluate.report import rich_tables, settings_lines
+    from h36m.pipelines.evaluate.report import rich_tables, settings_lines, stage_note
 
     for table in rich_tables(report, width=console.width):
         console.print(table)
-    for line in settings_lines(report)[1:3]:
+    for line in settings_lines(report)[1:3] + stage_note(report):
         console.print(line, soft_wrap=True, markup=False)
     if report.files:
         console.print(f"report: {', '.join(report.files)}", soft_wrap=True, markup=False)
@@ -621,11 +635,11 @@ def export(src, out, subjects):
 @main.command()
 @click.option("--out", default="h36m-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @subjects_option("S1,S5,S9,S11", "Training and test (S9, S11) subjects.")
-@sequences_per_subject_option
+@actions_option("Directions,Eating,Walking", "Comma-separated actions every subject performs.")
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(16), help="Frames per sequence.")
 @click.option("--epochs-2d", default=24, show_default=True, type=click.IntRange(1))
 @click.option("--epochs-lift", default=6, show_default=True, type=click.IntRange(1))
-def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
+def demo(out, subjects, actions, frames, epochs_2d, epochs_lift):
     """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d) ->
     predict (whole sequences) -> train lift (whole sequences, predicted 2-D) -> Table II on S9/S11 against a mean-pose
     baseline. Run it again to continue where it stopped."""
@@ -634,8 +648,8 @@ def demo(out, subjects, sequences_per_subject, frames, epochs_2d, epochs_lift):
     from h36m.pipelines.demo import DemoConfig, run_demo
 
     console = _console()
-    cfg = DemoConfig(out=out, subjects=parse_subjects(subjects), sequences_per_subject=sequences_per_subject,
-                     frames=frames, epochs_2d=epochs_2d, epochs_lift=epochs_lift)
+    cfg = DemoConfig(out=out, subjects=parse_subjects(subjects), actions=_parse_actions(actions), frames=frames,
+                     epochs_2d=epochs_2d, epochs_lift=epochs_lift)
     bars = {}
 
     def on_event(e):

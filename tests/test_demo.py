@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from h36m.cli import main
 
-SMALL = ["--subjects", "S1,S9", "--sequences-per-subject", "1", "--frames", "24", "--epochs-2d", "1",
+SMALL = ["--subjects", "S1,S9", "--actions", "Walking", "--frames", "24", "--epochs-2d", "1",
          "--epochs-lift", "2"]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fixtures_train import run2d, train_data  # noqa: F401  (fixtures)
+from fixtures_train import run2d, train_config, train_data  # noqa: F401  (fixtures)
 from h36m.h36m_tools import metrics as M
 from h36m.h36m_tools.names import ACTIONS
 from h36m.pipelines.train.checkpoint import load_checkpoint
@@ -62,7 +62,10 @@ def test_mean_pose_rows_match_a_direct_computation(report, run2d, train_data):
 
 
 def test_every_row_and_the_2d_table(report):
-    assert [(r.metric, r.method) for r in report.rows3d] == [(m, x) for m in METRICS_3D for x in METHODS]
+    # a 2d-stage run trains no lifter: its 3-D rows are the mean pose's only, and the report says so
+    assert report.stage == "2d" and report.methods3d == ["Mean pose"]
+    assert [(r.metric, r.method) for r in report.rows3d] == [(m, "Mean pose") for m in METRICS_3D]
+    assert "3-D rows: the mean pose only" in to_markdown(report)
     for r in report.rows3d:
         assert all(math.isfinite(r.actions[a]) for a in report.actions)
         assert math.isfinite(r.avg) and r.avg > 0
@@ -72,6 +75,17 @@ def test_every_row_and_the_2d_table(report):
         assert r.mean_px > 0 and r.mse_px2 > 0 and 0 <= r.ap <= 1 and 0 <= r.ar <= 1
         assert r.curve[0] == 0 and r.curve == sorted(r.curve)
     assert report.damaged_policy == "included" and report.every == 1
+
+
+def test_a_joint_run_has_the_lifter_rows(run2d, train_data, tmp_path):
+    from h36m.pipelines.train.loop import train
+
+    train(train_config(train_data, tmp_path / "joint", stage="joint", init=str(run2d), max_steps=1))
+    r = evaluate(EvalConfig(run=str(tmp_path / "joint"), shards=train_data.test, workers=0, plots=False, coco=False))
+    assert r.stage == "joint" and r.methods3d == list(METHODS)
+    assert [(x.metric, x.method) for x in r.rows3d] == [(m, x) for m in METRICS_3D for x in METHODS]
+    assert all(math.isfinite(r.row(m, "MPJPE").avg) for m in METHODS)
+    assert "3-D rows" not in to_markdown(r)
 
 
 def test_exclude_damaged_and_frame_sampling(run2d, train_data, report):
@@ -90,7 +104,7 @@ def test_report_files_and_plots(report, tmp_path):
     write_report(report, tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["damaged_policy"] == "included" and data["every"] == 1 and len(data["oks_sigmas"]) == 17
-    assert {r["method"] for r in data["rows3d"]} == set(METHODS)
+    assert {r["method"] for r in data["rows3d"]} == {"Mean pose"}
     header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
     assert header[3:18] == list(ACTIONS) and header[18:20] == ["Avg", "All"]
     md = (tmp_path / "results.md").read_text()
@@ -109,9 +123,11 @@ def test_cli_prints_the_table_and_names_the_policies(run2d, train_data, tmp_path
                              catch_exceptions=False, terminal_width=200)
     assert res.exit_code == 0, res.output
     out = res.output
-    for text in ("Protocol #1: MPJPE (mm)", "Dir.", "WalkT.", "Avg", "Mean pose", "Lifter, GT 2-D", "Ours",
-                 "PCK@0.1", "Damaged sequences", "excluded", "Frame sampling: every frame", "plots:"):
+    for text in ("Protocol #1: MPJPE (mm)", "Dir.", "WalkT.", "Avg", "Mean pose", "Ours", "PCK@0.1",
+                 "Damaged sequences", "excluded", "Frame sampling: every frame", "plots:",
+                 "3-D rows: the mean pose only"):
         assert text in out, text
+    assert "Lifter, GT 2-D" not in out          # the 2d run's lifter is untrained: no 3-D rows of it
     assert (tmp_path / "rep" / "results.md").exists() and (tmp_path / "rep" / "plots" / "per_action.png").exists()
     res = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path / "nope"), "--shards", train_data.test])
     assert res.exit_code == 1 and "checkpoint not found" in res.output and len(res.output.strip().splitlines()) == 1

@@ -8,7 +8,9 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from h36m.cli import main
 from h36m.h36m_tools import cdf, masks, names, skeleton, video
 from h36m.h36m_tools.cameras import CAMERA_IDS, bundled, project, world_to_camera
 from h36m.h36m_tools.errors import H36MError
@@ -26,6 +28,19 @@ def test_sequence_choice_uses_real_names_and_covers_actions():
     assert len({names.canonical_action(j.name) for j in jobs}) >= 10
     assert {(j.subject, j.name) for j in choose_sequences(SynthConfig(out=".", sequences_per_subject=1))} == \
         set(SEQS.items())
+
+
+def test_actions_give_every_subject_the_same_actions_with_real_names():
+    jobs = choose_sequences(SynthConfig(out=".", actions=("Walking", "Photo", "Eating")))
+    table = names.sequence_table()
+    assert all(j.name in table[j.subject] for j in jobs)
+    for subject in ("S1", "S5", "S9", "S11"):
+        assert [names.canonical_action(j.name) for j in jobs if j.subject == subject] == ["Walking", "Photo", "Eating"]
+    assert ("S11", "Directions") not in {(j.subject, j.name) for j in jobs}   # quirks pick it only among the actions
+    with pytest.raises(ValueError, match="unknown action 'Jumping'"):
+        choose_sequences(SynthConfig(out=".", actions=("Jumping",)))
+    res = CliRunner().invoke(main, ["synth", "x", "--actions", "Walking,Jumping"])
+    assert res.exit_code == 1 and "Jumping" in res.output and len(res.output.strip().splitlines()) == 1
 
 
 def test_layout_and_plain_library_shapes(small_release):

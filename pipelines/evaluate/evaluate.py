@@ -9,6 +9,8 @@ all cameras; frames covered by several overlapping clips counted once; padded fr
       Mean pose      the training set's mean root-relative 3-D pose (camera frame), every frame (baseline)
       Lifter, GT 2-D the run's lifter on the ground-truth 2-D joints of the crops
       Ours           the run's 2-D network, then its lifter on the predicted 2-D joints
+    (a run of the 2d stage trains no lifter: its report has the mean-pose rows only; Table II comes from a lift run,
+    evaluate.table2)
     per canonical action (frames pooled over subactions and subjects), "Avg" = the unweighted mean of the action
     errors (the published tables' convention), "All" = the mean over all frames, and per subject.
   * 2-D, the paper's Table I: OKS AP and AR (pycocotools; the person area from the tight box of the 17 true
@@ -153,6 +155,11 @@ class EvalReport:
     def row(self, method: str, metric: str) -> Row3D:
         return next(r for r in self.rows3d if r.method == method and r.metric == metric)
 
+    @property
+    def methods3d(self) -> list[str]:
+        """The methods of the 3-D rows, in METHODS order (the mean pose only for a 2d-stage run)."""
+        return [m for m in METHODS if any(r.method == m for r in self.rows3d)]
+
 
 def is_damaged(subject: str, sequence: str) -> bool:
     return (subject, sequence.replace("_", " ")) in DAMAGED
@@ -168,7 +175,7 @@ def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], Non
     if not any(v.counted.any() for v in views):
         raise H36MError(urls[0] if urls else cfg.shards, "no test frames to evaluate (empty shards, or every "
                                                          "sequence excluded)")
-    rows3d = table3d(views)
+    rows3d = table3d(views, METHODS[:1] if stage == "2d" else METHODS)
     rows2d = table2d(views, coco=cfg.coco, input_size=info["input_size"])
     counted = [v for v in views if v.counted.any()]
     report = EvalReport(
@@ -342,10 +349,12 @@ def _row(method: str, metric: str, actions: np.ndarray, subjects: np.ndarray, er
                  float(err.mean()) if err.size else math.nan, subj)
 
 
-def table3d(views: list[ViewClip]) -> list[Row3D]:
-    """Rows of every 3-D metric for every method (METHODS order within each metric)."""
+def table3d(views: list[ViewClip], methods=METHODS) -> list[Row3D]:
+    """Rows of every 3-D metric for each of `methods` (METHODS order within each metric)."""
     rows = []
     for method, attr in zip(METHODS, ("base3d", "pred3d_gt2d", "pred3d")):
+        if method not in methods:
+            continue
         act, subj, errs, (vact, vsubj, ve) = _frame_errors(views, attr)
         for metric in METRICS_3D[:3]:
             rows.append(_row(method, metric, act, subj, errs[metric]))

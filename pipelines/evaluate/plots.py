@@ -9,7 +9,7 @@ from h36m.pipelines.files import atomic_path
 from h36m.h36m_tools.names import ACTIONS
 from h36m.h36m_tools.skeleton import BONES17, LEFT17
 
-from h36m.pipelines.evaluate.evaluate import CURVE_THRESHOLDS, METHODS, ClipPlot, EvalReport
+from h36m.pipelines.evaluate.evaluate import CURVE_THRESHOLDS, ClipPlot, EvalReport
 
 COLORS = {"Mean pose": "#9e9e9e", "Lifter, GT 2-D": "#4c72b0", "Ours": "#dd8452"}
 
@@ -37,15 +37,16 @@ def plot_per_action(r: EvalReport, path) -> Path:
     cols = [a for a in ACTIONS if a in r.actions] + ["Avg"]
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(cols) + 2), 7), sharex=True)
     x = np.arange(len(cols))
-    w = 0.8 / len(METHODS)
+    methods = r.methods3d
+    w = 0.8 / len(methods)
     for ax, metric in zip(axes, ("MPJPE", "P-MPJPE")):
-        for i, m in enumerate(METHODS):
+        for i, m in enumerate(methods):
             row = r.row(m, metric)
             vals = [row.actions[a] for a in cols[:-1]] + [row.avg]
-            ax.bar(x + (i - (len(METHODS) - 1) / 2) * w, vals, w, label=m, color=COLORS.get(m))
+            ax.bar(x + (i - (len(methods) - 1) / 2) * w, vals, w, label=m, color=COLORS.get(m))
         ax.set_ylabel(f"{metric} (mm)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(ncol=len(METHODS), fontsize=8)
+    axes[0].legend(ncol=len(methods), fontsize=8)
     axes[0].set_title(f"Per action, subjects {', '.join(r.subjects)}; damaged sequences {r.damaged_policy}; "
                       f"every {r.every} frame(s)", fontsize=9)
     axes[1].set_xticks(x, cols, rotation=45, ha="right")

@@ -19,7 +19,7 @@ from pathlib import Path
 from h36m.pipelines.files import write_atomic
 from h36m.h36m_tools.names import ACTIONS
 
-from h36m.pipelines.evaluate.evaluate import METHODS, METRICS_3D, EvalReport
+from h36m.pipelines.evaluate.evaluate import METRICS_3D, EvalReport
 
 #: Column headers of the action columns (the published tables' short forms).
 SHORT = {"Directions": "Dir.", "Discussion": "Disc.", "Eating": "Eat", "Greeting": "Greet", "Phoning": "Phone",
@@ -60,7 +60,13 @@ def settings_lines(r: EvalReport) -> list[str]:
         f"Training time per epoch: {_cell(r.epoch_time_s, 1)} s ({_cell(r.epoch_images_per_s, 0)} images/s; median "
         f"over whole epochs of the run's metrics.jsonl) on "
         f"{', '.join(r.train_subjects) if r.train_subjects else 'its training shards'}.",
-    ]
+    ] + stage_note(r)
+
+
+def stage_note(r: EvalReport) -> list[str]:
+    """What a 2d-stage run's report lacks and where to get it (empty for other stages)."""
+    return ["3-D rows: the mean pose only (a 2d-stage run trains no lifter; for Table II train `--stage lift` and "
+            "evaluate that run)."] if r.stage == "2d" else []
 
 
 def to_json(r: EvalReport) -> str:
@@ -92,12 +98,12 @@ def to_markdown(r: EvalReport) -> str:
     head = ["Method"] + [SHORT[a] for a in ACTIONS] + ["Avg", "All"]
     for metric in METRICS_3D:
         lines += [f"## {TITLES[metric]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for method in METHODS:
+        for method in r.methods3d:
             row = r.row(method, metric)
             cells = [_cell(row.actions[a]) for a in ACTIONS] + [_cell(row.avg), _cell(row.all_frames)]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         subj = " · ".join(f"{m}: " + ", ".join(f"{s} {_cell(v)}" for s, v in r.row(m, metric).subjects.items())
-                          for m in METHODS)
+                          for m in r.methods3d)
         lines += ["", f"Per subject: {subj}", ""]
     lines += ["## Table I: 2-D", "", "| Method | AP | AR | " + " | ".join(r.rows2d[0].pck)
               + f" | MSE ({r.input_size} px²) | MSE (full px²) | Mean (full px) |",
@@ -143,12 +149,12 @@ def rich_tables(r: EvalReport, width: int = 200) -> list:
     halves of the actions when `width` columns cannot hold them), other 3-D metrics, the 2-D table."""
     from rich.table import Table
 
-    out = action_tables(r, METHODS, width)
+    out = action_tables(r, r.methods3d, width)
     t = Table(title="Other 3-D metrics (Avg over actions / all frames)", title_justify="left")
     t.add_column("Method")
     for metric in METRICS_3D:
         t.add_column(metric, justify="right")
-    for method in METHODS:
+    for method in r.methods3d:
         t.add_row(method, *[f"{_cell(r.row(method, m).avg)} / {_cell(r.row(method, m).all_frames)}" for m in METRICS_3D])
     out.append(t)
     t = Table(title=f"Table I: 2-D (MSE in {r.input_size} px input crops and in full-frame px; time per training "

@@ -29,7 +29,7 @@ import numpy as np
 
 from h36m.h36m_tools import cdf, masks, video
 from h36m.h36m_tools.cameras import CAMERA_IDS, bundled, project, world_to_camera
-from h36m.h36m_tools.names import canonical_action, sequence_table
+from h36m.h36m_tools.names import ACTIONS, canonical_action, sequence_table
 
 EXTRA_FRAME_CAMERAS = ("55011271", "58860488")
 TRUNCATED = ("S11", "Directions", "54138969")
@@ -42,6 +42,9 @@ class SynthConfig:
     out: Path
     subjects: tuple[str, ...] = ("S1", "S5", "S9", "S11")
     sequences_per_subject: int = 3
+    actions: tuple[str, ...] = ()           # every subject performs these (canonical names, h36m_tools.names.ACTIONS),
+                                            # as in the real release; () spreads sequences_per_subject actions over
+                                            # the subjects instead (more actions, each seen by fewer subjects)
     frames: int = 150
     scale: float = 0.25
     seed: int = 0
@@ -67,8 +70,12 @@ def video_size(camera_id: str, scale: float) -> tuple[int, int]:
 
 
 def choose_sequences(cfg: SynthConfig) -> list[SynthJob]:
-    """Which real sequence names to generate: actions spread over subjects, S11 `Directions` included with quirks."""
+    """Which real sequence names to generate: cfg.actions for every subject, or sequences_per_subject actions spread
+    over the subjects; S11 `Directions` included with quirks."""
     table = sequence_table()
+    unknown = [a for a in cfg.actions if a not in ACTIONS]
+    if unknown:
+        raise ValueError(f"unknown action {unknown[0]!r} (H36M's are {', '.join(ACTIONS)})")
     jobs = []
     for k, subject in enumerate(cfg.subjects):
         if subject not in table:
@@ -78,9 +85,13 @@ def choose_sequences(cfg: SynthConfig) -> list[SynthJob]:
         for name, entry in table[subject].items():
             by_action.setdefault(entry["action_id"], {})[entry["subaction_id"]] = name
         actions = sorted(a for a in by_action if a != 1)
-        picks = [by_action[actions[(k * cfg.sequences_per_subject + j) % len(actions)]][(k + j) % 2 + 1]
-                 for j in range(min(cfg.sequences_per_subject, len(names)))]
-        if cfg.quirks and subject == TRUNCATED[0] and TRUNCATED[1] not in picks and picks:
+        if cfg.actions:
+            named = {canonical_action(by_action[a][1]): by_action[a] for a in actions}
+            picks = [named[a][(k + j) % 2 + 1] for j, a in enumerate(cfg.actions)]
+        else:
+            picks = [by_action[actions[(k * cfg.sequences_per_subject + j) % len(actions)]][(k + j) % 2 + 1]
+                     for j in range(min(cfg.sequences_per_subject, len(names)))]
+        if cfg.quirks and not cfg.actions and subject == TRUNCATED[0] and TRUNCATED[1] not in picks and picks:
             picks[0] = TRUNCATED[1]
         seen = []
         for p in picks:

@@ -50,8 +50,8 @@ TINY_RECIPE = Recipe(epochs=20, batch_size=4, lr=2e-3, warmup_epochs=4, affine="
 class LiftRecipe:
     """The lift stage's recipe: PoseFormer's published one (Zheng et al. 2021, its run_poseformer.py and README:
     AdamW with weight decay 0.1, lr 4e-4 for ground-truth 2-D (4e-5 for CPN detections) times 0.99 after every
-    epoch, flip augmentation in training and testing; batch 1024 windows and 130 epochs; docs/train_evaluate.md says
-    which of these were checked), and a scaled one for `tiny` (small
+    epoch, flip augmentation in training and testing; batch 512 windows and 200 epochs, its arguments.py defaults,
+    which the README's training commands keep; docs/train_evaluate.md cites each), and a scaled one for `tiny` (small
     synthetic data: fewer epochs, smaller batches, a larger rate)."""
     epochs: int
     batch_size: int
@@ -60,7 +60,7 @@ class LiftRecipe:
     weight_decay: float
 
 
-POSEFORMER_RECIPE = LiftRecipe(epochs=130, batch_size=1024, lr=4e-4, lr_decay=0.99, weight_decay=0.1)
+POSEFORMER_RECIPE = LiftRecipe(epochs=200, batch_size=512, lr=4e-4, lr_decay=0.99, weight_decay=0.1)
 TINY_LIFT_RECIPE = LiftRecipe(epochs=20, batch_size=64, lr=1e-3, lr_decay=0.95, weight_decay=0.1)
 
 
