@@ -539,9 +539,9 @@ def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_
         report = run_eval(cfg, on_progress=on_progress)
     finally:
         progress.stop()
-    write_report(report, default_out(cfg), plots=cfg.plots)
+    write_report(report, default_out(cfg.run, cfg.out), plots=cfg.plots)
     if quiet:
-        console.print(f"{run_dir}: report in {default_out(cfg)}", soft_wrap=True, markup=False)
+        console.print(f"{run_dir}: report in {default_out(cfg.run, cfg.out)}", soft_wrap=True, markup=False)
     else:
         _print_report(console, report)
     from h36m.h36m_tools.names import TRAIN_SUBJECTS
@@ -554,6 +554,7 @@ def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_
 
 
 def _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, device):
+    from h36m.pipelines.evaluate.evaluate import default_out
     from h36m.pipelines.evaluate.report import write_lift_report
     from h36m.pipelines.evaluate.table2 import LiftEvalConfig, evaluate_lift
 
@@ -564,8 +565,7 @@ def _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, 
         task = progress.add_task("view sequences", total=None)
         report = evaluate_lift(cfg, on_progress=lambda done, total: progress.update(task, completed=done,
                                                                                       total=total))
-    run = Path(run_dir)
-    write_lift_report(report, Path(out) if out else (run if run.is_dir() else run.parent) / "eval")
+    write_lift_report(report, default_out(run_dir, out))
     _print_lift_report(console, report)
 
 

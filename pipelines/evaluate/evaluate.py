@@ -383,9 +383,11 @@ def table2d(views: list[ViewClip], coco: bool = True, input_size: int = 0) -> li
     return rows
 
 
-def default_out(cfg: EvalConfig) -> Path:
-    run = Path(cfg.run)
-    return Path(cfg.out) if cfg.out else (run if run.is_dir() else run.parent) / "eval"
+def default_out(run: str | Path, out: str | Path | None = None) -> Path:
+    """Where a run's report goes: `out` when given, else RUN/eval (beside the checkpoint file when RUN is one); the
+    same rule for every stage's report."""
+    run = Path(run)
+    return Path(out) if out else (run if run.is_dir() else run.parent) / "eval"
 
 
 __all__ = ["EvalConfig", "EvalReport", "EvalProgress", "Row3D", "Row2D", "ViewClip", "ClipPlot", "evaluate",

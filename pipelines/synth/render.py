@@ -4,7 +4,7 @@ Images are BGR uint8. Geometry goes through the project's own camera model (H36M
 sit exactly on D2_Positions.
 
 The body is left-right symmetric in colour, as people are: its left and right sides are told apart only by where it
-faces (a face spot on the front of the head, a chest badge on the front of the torso, the feet pointing forward).
+faces (a face spot and a chest badge on the front, hair and a darker patch on the back, the feet pointing forward).
 So a mirrored image is again a valid image of a (mirrored) person, and flipping with swapped labels is a valid
 augmentation, as it is on real images.
 """
@@ -22,6 +22,8 @@ TORSO_COLOR = np.array([90, 150, 90])
 SKIN_COLOR = np.array([120, 160, 215])
 FACE_COLOR = np.array([40, 40, 70])       # the face spot on the front of the head
 BADGE_COLOR = np.array([230, 230, 240])   # the badge on the front of the chest
+HAIR_COLOR = np.array([25, 35, 50])       # the back of the head
+BACK_COLOR = np.array([40, 70, 40])       # the patch on the back of the torso
 _LIMBS32 = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31}
 _SHIFT = 4                                 # sub-pixel bits for cv2 drawing
 
@@ -91,11 +93,16 @@ def facing(world: np.ndarray) -> np.ndarray:
 
 
 def front_marks(world: np.ndarray) -> list[tuple[np.ndarray, float, np.ndarray]]:
-    """(point (3,) mm, radius mm, colour) of the marks on the body's front: the face spot, the chest badge."""
+    """(point (3,) mm, radius mm, colour) of the marks that tell the body's front from its back, as a face and hair
+    or a shirt's front and back do: the face spot and the chest badge on the front, the hair and a darker patch on
+    the back. Each is drawn only when its side faces the camera, so a view shows the front or the back at once."""
     f = facing(world)
     chest = 0.5 * (world[12] + world[13])
-    return [(world[15] + f * HEAD_RADIUS_MM * 0.8, HEAD_RADIUS_MM * 0.35, FACE_COLOR),
-            (chest + f * LIMB_RADIUS_MM[13] * 0.8, LIMB_RADIUS_MM[13] * 0.35, BADGE_COLOR)]
+    head, torso = HEAD_RADIUS_MM, LIMB_RADIUS_MM[13]
+    return [(world[15] + f * head * 0.75, head * 0.5, FACE_COLOR),
+            (chest + f * torso * 0.8, torso * 0.55, BADGE_COLOR),
+            (world[15] - f * head * 0.5, head * 0.85, HAIR_COLOR),
+            (chest - f * torso * 0.8, torso * 0.6, BACK_COLOR)]
 
 
 def draw_person(img: np.ndarray, mask: np.ndarray, world: np.ndarray, cam: Camera, k: Intrinsics) -> None:
