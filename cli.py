@@ -621,10 +621,19 @@ def triangulate(predictions, data, out, subjects, method, weighted):
     console = _console()
     cfg = TriangulateConfig(predictions=predictions, data=data, out=out, subjects=subjects, method=method,
                             weighted=weighted)
-    with _progress(console) as progress:
-        task = progress.add_task("sequences", total=None)
-        res = run_triangulate(cfg, on_progress=lambda done, total: progress.update(task, completed=done,
-                                                                                     total=total))
+    progress = _progress(console)
+    task = progress.add_task("sequences", total=None, start=False)
+
+    def on_progress(done, total):   # the bar appears with the first sequence (not before a bad file is reported)
+        if not progress.live.is_started:
+            progress.start()
+            progress.start_task(task)
+        progress.update(task, completed=done, total=total)
+
+    try:
+        res = run_triangulate(cfg, on_progress=on_progress)
+    finally:
+        progress.stop()
     for key in res.skipped:
         click.echo(f"left out {key}: fewer than two cameras in {predictions}")
     console.print(f"[green]done[/]: {res.sequences} sequences, {res.frames} frames, {method}"

@@ -17,7 +17,9 @@ Gaussian around the template joint j (MEAN_POSE_2D), the MLP's last layer starts
 so that the initial output is exactly the template for content-free features.
 
 The scale (per-joint confidence, as residual log-likelihood estimation without its flow):
-  log_b_j = MLP_s(sum_l a_jl g_l + q_j)              trained with train.losses.laplace_nll; starts at INITIAL_SCALE
+  log_b_j = MLP_s(stop_grad(sum_l a_jl g_l + q_j))   trained with train.losses.laplace_nll; starts at INITIAL_SCALE
+  The branch reads the features the offset reads, but its gradient stops there: whatever trains the scale leaves the
+  features, and so the 2-D joints, as they train without it (measured: docs/triangulation.md).
   confidence_j = (1 - exp(-r / b_j))^2, r = CONFIDENCE_RADIUS: under the Laplace model, the probability that both
                  coordinates lie within r of the prediction (in (0, 1), higher = surer; `confidence`).
 """
@@ -101,7 +103,7 @@ class JointHead(nn.Module):
         a = logits.softmax(dim=-1)
         loc = a @ self.centres
         h = a @ g + q
-        log_scale = None if self.log_scale is None else self.log_scale(h)[..., 0]
+        log_scale = None if self.log_scale is None else self.log_scale(h.detach())[..., 0]
         return loc + self.offset(h) + self.bias, log_scale
 
 

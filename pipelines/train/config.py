@@ -28,8 +28,8 @@ from h36m.h36m_tools.errors import H36MError
 
 STAGES = ("2d", "lift", "joint")
 #: How the 2d and joint stages train a head with a confidence (scale) branch (train.losses):
-#:   scale  loss = joint_distance + laplace_nll with the coordinates detached: the NLL trains the scale (and, through
-#:          it, the shared features), the coordinates keep their Euclidean loss
+#:   scale  loss = joint_distance + laplace_nll with the coordinates detached: the NLL trains only the scale branch
+#:          (which reads the head's features through a stop-gradient), the joints train exactly as without it
 #:   rle    loss = laplace_nll alone, coordinates included (residual log-likelihood estimation without its flow)
 CONFIDENCE_LOSSES = ("scale", "rle")
 

@@ -166,6 +166,16 @@ def _stage_module(net, cfg: TrainConfig):
     return StageLoss()
 
 
+def _clip_groups(net) -> list[list]:
+    """The trainable parameters in the groups whose gradient norms are clipped apart: the head's confidence (scale)
+    branch, and everything else."""
+    scale = getattr(getattr(net, "head", None), "log_scale", None)
+    own = {id(p) for p in scale.parameters()} if scale is not None else set()
+    groups = [[p for p in net.parameters() if p.requires_grad and id(p) not in own],
+              [p for p in net.parameters() if p.requires_grad and id(p) in own]]
+    return [g for g in groups if g]
+
+
 def _param_groups(net, weight_decay: float):
     """AdamW groups of a module's trainable parameters: no weight decay on biases and norms (1-D), on its declared
     embeddings and tables (`PoseNetwork.no_weight_decay()`, a part's `NO_WEIGHT_DECAY`) and on Swin's relative
@@ -372,8 +382,9 @@ class _Trainer:
                     (loss_t / cfg.grad_accum).backward()
                 sums[:3] += torch.stack([loss_t.detach().double().cpu(), err2d.double().cpu(),
                                          mpjpe.double().cpu()]) / cfg.grad_accum
-            if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], cfg.clip_grad)
+            if cfg.clip_grad > 0:     # the confidence branch on its own: its gradient never shrinks the joints'
+                for group in _clip_groups(self.net):
+                    torch.nn.utils.clip_grad_norm_(group, cfg.clip_grad)
             lr = self.sched.get_last_lr()[0]
             self.opt.step()
             self.sched.step()
