@@ -20,7 +20,8 @@ The steps:
   * `triangulate_robust`: hypothesise and verify over view subsets (RANSAC made exhaustive: with at most a handful of
     views every pair is tried). Each pair's DLT point is reprojected into every view; views within `threshold_px`
     are its inliers; per point the hypothesis with the most inliers wins (ties: the smaller summed inlier error),
-    and the point is re-triangulated from its inliers with the weighted, refined DLT. One bad view (a wrong joint,
+    and the point is re-triangulated from its inliers with the weighted, refined DLT, then reweighted by Tukey's
+    biweight of each inlier's reprojection error (iteratively reweighted least squares). One bad view (a wrong joint,
     noise, a swapped left/right) then leaves the others' solution untouched, which the plain DLT does not.
 """
 from __future__ import annotations
@@ -35,7 +36,9 @@ from .cameras import Camera, Intrinsics, distort
 #: Newton steps of `undistort_points`: H36M's distortion is mild, a handful reach float64 precision.
 UNDISTORT_ITERATIONS = 8
 #: `triangulate_robust`'s default inlier threshold, as a fraction of the frame width (the frames may be scaled).
-ROBUST_THRESHOLD = 0.02
+ROBUST_THRESHOLD = 0.05
+#: `triangulate_robust`'s reweighted refits of the inliers (Tukey's biweight of their reprojection errors).
+ROBUST_IRLS = 3
 
 
 def undistort_points(points: np.ndarray, k: Intrinsics, iterations: int = UNDISTORT_ITERATIONS) -> np.ndarray:
@@ -139,12 +142,15 @@ def triangulate_dlt(points: np.ndarray, cameras: Sequence[Camera], weights: np.n
 
 
 def triangulate_robust(points: np.ndarray, cameras: Sequence[Camera], weights: np.ndarray | None = None,
-                       threshold_px: float | None = None, refine: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                       threshold_px: float | None = None, refine: int = 2, irls: int = ROBUST_IRLS
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Triangulation that survives a bad view: points (V, ..., 2) px, V cameras, weights (V, ...) or None ->
     (world (..., 3) mm, inliers (V, ...) bool). Every pair of usable views is a hypothesis (see the module doc);
     `threshold_px`: the inlier reprojection error, px (default ROBUST_THRESHOLD x the first camera's frame width);
-    the winner's inliers are re-triangulated with the weighted DLT refined `refine` times. Points with no pair of
-    views agreeing within the threshold keep the DLT over all their usable views."""
+    the winner's inliers are re-triangulated with the weighted DLT refined `refine` times, then `irls` times with
+    each inlier's weight also multiplied by Tukey's biweight of its reprojection error (a view that agreed only just
+    counts little). Points with no pair of views agreeing within the threshold keep the DLT over all their usable
+    views."""
     lead, xy, P, focal, w, px = _prepare(points, cameras, weights)
     V, m = w.shape
     usable = w > 0
@@ -166,9 +172,16 @@ def triangulate_robust(points: np.ndarray, cameras: Sequence[Camera], weights: n
         best_in[:, better] = inl[:, better]
     none = best_count < 2
     best_in[:, none] = usable[:, none]
-    world = _dlt(xy, P, focal, np.where(best_in, w, 0.0), refine)
+    weights_in = np.where(best_in, w, 0.0)
+    world = _dlt(xy, P, focal, weights_in, refine)
+    for _ in range(irls):       # Tukey's biweight of each inlier's reprojection error, c = the threshold
+        err = reprojection_errors(np.nan_to_num(world), px, cameras)
+        tukey = np.where(err < thr, (1 - (err / thr) ** 2) ** 2, 0.0)
+        tukey = np.where(none[None], 1.0, tukey)
+        again = _dlt(xy, P, focal, weights_in * tukey, refine)
+        world = np.where(np.isfinite(again), again, world)
     return world.reshape(lead + (3,)), best_in.reshape((V,) + lead)
 
 
 __all__ = ["undistort_points", "projection_matrices", "reprojection_errors", "triangulate_dlt", "triangulate_robust",
-           "UNDISTORT_ITERATIONS", "ROBUST_THRESHOLD"]
+           "UNDISTORT_ITERATIONS", "ROBUST_THRESHOLD", "ROBUST_IRLS"]

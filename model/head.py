@@ -17,9 +17,12 @@ Gaussian around the template joint j (MEAN_POSE_2D), the MLP's last layer starts
 so that the initial output is exactly the template for content-free features.
 
 The scale (per-joint confidence, as residual log-likelihood estimation without its flow):
-  log_b_j = MLP_s(stop_grad(sum_l a_jl g_l + q_j))   trained with train.losses.laplace_nll; starts at INITIAL_SCALE
-  The branch reads the features the offset reads, but its gradient stops there: whatever trains the scale leaves the
-  features, and so the 2-D joints, as they train without it (measured: docs/triangulation.md).
+  spread_j = 1/2 log sum_l a_jl |centre_l - loc_j|^2   log std of the attention around its soft-argmax
+  log_b_j = MLP_s(stop_grad(sum_l a_jl g_l + q_j)) + s_j + w stop_grad(spread_j)
+                                                     trained with train.losses.laplace_nll; starts at INITIAL_SCALE
+  (s_j a learned offset per joint: each joint's typical error; w: how much a spread-out attention says). The branch
+  reads what the offset reads, but its gradient stops there: whatever trains the scale leaves the features, and so the
+  2-D joints, as they train without it (measured: docs/triangulation.md).
   confidence_j = (1 - exp(-r / b_j))^2, r = CONFIDENCE_RADIUS: under the Laplace model, the probability that both
                  coordinates lie within r of the prediction (in (0, 1), higher = surer; `confidence`).
 """
@@ -60,7 +63,7 @@ class JointHead(nn.Module):
     """Soft-argmax joint head with a residual offset. See the module doc for shapes and the maths."""
 
     #: Parameters exempt from weight decay (timm's convention): the joint queries and the mean-pose prior.
-    NO_WEIGHT_DECAY = ("queries", "prior")
+    NO_WEIGHT_DECAY = ("queries", "prior", "scale_joint", "scale_spread")
 
     def __init__(self, cfg: HeadConfig, in_dim: int, grid_size: int):
         super().__init__()
@@ -91,6 +94,14 @@ class JointHead(nn.Module):
             self.log_scale.apply(init_weights)
             nn.init.zeros_(self.log_scale[-1].weight)
             nn.init.constant_(self.log_scale[-1].bias, math.log(INITIAL_SCALE))
+            self.scale_joint = nn.Parameter(torch.zeros(j))
+            self.scale_spread = nn.Parameter(torch.zeros(()))
+
+    def confidence_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the scale (confidence) branch; empty without one."""
+        if self.log_scale is None:
+            return []
+        return list(self.log_scale.parameters()) + [self.scale_joint, self.scale_spread]
 
     def forward(self, grid: torch.Tensor, keep: Optional[torch.Tensor], token: torch.Tensor
                 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -103,7 +114,12 @@ class JointHead(nn.Module):
         a = logits.softmax(dim=-1)
         loc = a @ self.centres
         h = a @ g + q
-        log_scale = None if self.log_scale is None else self.log_scale(h.detach())[..., 0]
+        log_scale = None
+        if self.log_scale is not None:
+            a, loc_d = a.detach(), loc.detach()
+            var = (a * ((self.centres[None, None] - loc_d[:, :, None]) ** 2).sum(-1)).sum(-1)      # (N, J)
+            spread = 0.5 * torch.log(var.clamp_min(1e-8))
+            log_scale = self.log_scale(h.detach())[..., 0] + self.scale_joint + self.scale_spread * spread
         return loc + self.offset(h) + self.bias, log_scale
 
 

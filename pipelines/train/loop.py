@@ -169,8 +169,8 @@ def _stage_module(net, cfg: TrainConfig):
 def _clip_groups(net) -> list[list]:
     """The trainable parameters in the groups whose gradient norms are clipped apart: the head's confidence (scale)
     branch, and everything else."""
-    scale = getattr(getattr(net, "head", None), "log_scale", None)
-    own = {id(p) for p in scale.parameters()} if scale is not None else set()
+    head = getattr(net, "head", None)
+    own = {id(p) for p in head.confidence_parameters()} if hasattr(head, "confidence_parameters") else set()
     groups = [[p for p in net.parameters() if p.requires_grad and id(p) not in own],
               [p for p in net.parameters() if p.requires_grad and id(p) in own]]
     return [g for g in groups if g]
