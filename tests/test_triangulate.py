@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fixtures_train import TRAIN_KW, cli, run2d, runlift, train_config, train_data  # noqa: F401  (fixtures)
+from fixtures_train import cli, run2d, runlift, train_config, train_data  # noqa: F401  (fixtures)
 from h36m.cli import main
 from h36m.h36m_tools import cdf
 from h36m.h36m_tools.cameras import CAMERA_IDS, bundled, distort

@@ -60,18 +60,13 @@ def load_views(extracted: str | os.PathLike, subjects, keypoints: str = "gt", ev
     frames, the world ground truth then NaN where the dataset has no row), and the keys of the sequences the file
     lacks. Views a file lacks are left out of that sequence. Raises H36MError naming the file on a bad layout."""
     from h36m.h36m_tools.npz import keypoints_2d
-    from h36m.pipelines.extract.dataset import list_sequences, read_sequence
+    from h36m.pipelines.train.sequences import extracted_sequences
 
     pos = conf = None
     if keypoints != "gt":
         pos, _, conf = keypoints_2d(keypoints)
-    try:
-        paths = list_sequences(extracted, tuple(subjects))
-    except FileNotFoundError as e:
-        raise H36MError(extracted, str(e).split(": ", 1)[-1]) from None
     out, missing = [], []
-    for path in paths:
-        meta, a = read_sequence(path, with_jpeg=False)
+    for meta, a in extracted_sequences(extracted, subjects):
         cams = [Camera.from_dict(p) for p in meta.camera_params]
         frames = a.frame.astype(np.int64)
         world = a.pose3d.astype(np.float64)
