@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fixtures_train import cli, run2d, runlift, train_config, train_data  # noqa: F401  (fixtures)
+from fixtures_train import SMALL_LIFTER, TRAIN_KW, cli, train_config, train_data  # noqa: F401  (fixtures)
 from h36m.cli import main
 from h36m.h36m_tools import cdf
 from h36m.h36m_tools.cameras import CAMERA_IDS, bundled, distort
@@ -201,7 +201,21 @@ def test_triangulate_command_writes_world_joints(confident_pred, train_data, tmp
     assert not (tmp_path / "x.npz").exists()
 
 
-def test_table_ii_prints_the_triangulation_rows(runlift, train_data, confident_pred, tmp_path):
+@pytest.fixture(scope="module")
+def quick_lift(confident_run, train_data) -> str:
+    """A lift run started from confident_run: one epoch of a small lifter (Table II needs a lift run; the
+    triangulation rows do not depend on it)."""
+    from h36m.pipelines.train.config import TrainConfig
+    from h36m.pipelines.train.loop import train
+
+    out = confident_run.parent / "lift"
+    train(TrainConfig(out=str(out), data=str(train_data.extracted), init=str(confident_run), stage="lift",
+                      subjects="S1", **{**TRAIN_KW, "epochs": 1, "batch_size": 32, "model": SMALL_LIFTER}))
+    return str(out)
+
+
+def test_table_ii_prints_the_triangulation_rows(quick_lift, train_data, confident_pred, tmp_path):
+    runlift = quick_lift
     res = CliRunner().invoke(main, ["evaluate", "--run", str(runlift), "--keypoints", "gt", "--keypoints",
                                     str(confident_pred), "--out", str(tmp_path / "rep")],
                              catch_exceptions=False, terminal_width=200)
