@@ -236,3 +236,21 @@ def test_table_ii_prints_the_triangulation_rows(quick_lift, train_data, confiden
     res = CliRunner().invoke(main, ["evaluate", "--run", str(runlift), "--no-triangulate", "--out",
                                     str(tmp_path / "rep2")], catch_exceptions=False, terminal_width=200)
     assert res.exit_code == 0 and "Triangulated" not in res.output
+
+
+def test_the_scale_loss_leaves_the_joints_as_without_a_confidence(train_data, tmp_path):
+    """`confidence_loss = "scale"` (the default): the 2-D joints train step for step as a head without the branch;
+    `rle` (the NLL on the coordinates) trains them otherwise; an unknown value is refused."""
+    from h36m.pipelines.train.config import resolve
+    from h36m.pipelines.train.loop import read_metrics, train
+
+    curves = {}
+    for name, kw in (("plain", {"model": {"head": {"confidence": False}}}), ("scale", {}),
+                     ("rle", {"confidence_loss": "rle"})):
+        train(train_config(train_data, tmp_path / name, stage="2d", max_steps=3, **kw))
+        curves[name] = [r["err2d_px"] for r in read_metrics(tmp_path / name)]
+    assert len(curves["plain"]) == 3
+    assert curves["scale"] == curves["plain"]
+    assert curves["rle"][0] == curves["plain"][0] and curves["rle"][1:] != curves["plain"][1:]
+    with pytest.raises(ValueError, match="confidence_loss"):
+        resolve(train_config(train_data, tmp_path / "x", confidence_loss="gauss"))
