@@ -117,17 +117,19 @@ def to_markdown(r: EvalReport) -> str:
 
 def action_tables(r, methods, width: int, metrics=("MPJPE", "P-MPJPE")) -> list:
     """Table-II-like rich tables of `metrics`: a row per method (`r.row(method, metric)`), the 15 actions and Avg,
-    split in two halves of the actions when `width` columns cannot hold them."""
+    split in two halves of the actions when `width` columns cannot hold them with the longest method name (names
+    wrap in the halves when even those are too wide; the numbers never do)."""
     from rich import box
     from rich.table import Table
 
     out = []
-    halves = [ACTIONS] if width >= 132 else [ACTIONS[:8], ACTIONS[8:]]
+    numbers = 124            # the 15 action columns and Avg, with their padding
+    halves = [ACTIONS] if width >= numbers + max(len(m) for m in methods) else [ACTIONS[:8], ACTIONS[8:]]
     for metric in metrics:
         for i, actions in enumerate(halves):
             title = TITLES[metric] + ("" if len(halves) == 1 else f" ({i + 1}/2)")
             t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
-            t.add_column("Method", no_wrap=True)
+            t.add_column("Method", overflow="fold")      # long method names wrap; the numbers never do
             for a in actions:
                 t.add_column(SHORT[a], justify="right", no_wrap=True)
             last = actions[-1] == ACTIONS[-1]
