@@ -24,7 +24,7 @@ The scale (per-joint confidence, as residual log-likelihood estimation without i
   reads what the offset reads, but its gradient stops there: whatever trains the scale leaves the features, and so the
   2-D joints, as they train without it (measured: docs/triangulation.md).
   confidence_j = (1 - exp(-r / b_j))^2, r = CONFIDENCE_RADIUS: under the Laplace model, the probability that both
-                 coordinates lie within r of the prediction (in (0, 1), higher = surer; `confidence`).
+                 coordinates lie within r of the prediction (in (0, 1] in floats, higher = surer; `confidence`).
 """
 from __future__ import annotations
 
@@ -54,15 +54,16 @@ CONFIDENCE_RADIUS = 0.05
 
 
 def confidence(log_scale: torch.Tensor, radius: float = CONFIDENCE_RADIUS) -> torch.Tensor:
-    """Per-joint confidence from the head's log Laplace scale: (...) log b, crop units -> (...) in (0, 1),
-    (1 - exp(-radius / b))^2 (see the module doc). Pure and monotone: a smaller scale is a higher confidence."""
+    """Per-joint confidence from the head's log Laplace scale: (...) log b, crop units -> (...) in (0, 1] (1 once b is
+    far below the radius), (1 - exp(-radius / b))^2 (see the module doc). Pure and monotone: a smaller scale is a
+    higher confidence."""
     return (-torch.expm1(-radius * torch.exp(-log_scale.float()))) ** 2
 
 
 class JointHead(nn.Module):
     """Soft-argmax joint head with a residual offset. See the module doc for shapes and the maths."""
 
-    #: Parameters exempt from weight decay (timm's convention): the joint queries and the mean-pose prior.
+    #: Parameters exempt from weight decay (timm's convention): the joint queries, the mean-pose prior, the scale offsets.
     NO_WEIGHT_DECAY = ("queries", "prior", "scale_joint", "scale_spread")
 
     def __init__(self, cfg: HeadConfig, in_dim: int, grid_size: int):

@@ -12,7 +12,7 @@ pixels through the clip's boxes (extract.crop.to_full).
 The file (h36m_tools.npz for the layout): positions_2d[subject][action][camera index] (N, 17, 2) float32, N = the
 last covered frame + 1, actions named as VideoPose3D names them (interchange.npzfile.vp3d_action), cameras in
 CAMERA_IDS order, and `metadata` (layout_name, num_joints, keypoints_symmetry). A network with a confidence head
-(model.head) also gives confidence_2d[subject][action][camera index] (N, 17) float32 in (0, 1), a member of its own
+(model.head) also gives confidence_2d[subject][action][camera index] (N, 17) float32 in (0, 1], a member of its own
 beside positions_2d (averaged over flips and overlapping clips like the coordinates): VideoPose3D's and PoseFormer's
 loaders read only `positions_2d` and `metadata`, and size their networks' input by the last axis of positions_2d, so
 a third channel would change what they build; a separate member changes nothing for them. A network without the
