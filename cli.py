@@ -478,6 +478,9 @@ def _print_report(console, report):
 @click.option("--keypoints", multiple=True, help="Lift runs: a 2-D source, gt or a VideoPose3D 2-D .npz; one row "
               "each; repeat it [default: gt and the file the run trained on].")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Lift runs: test-time flip averaging.")
+@click.option("--triangulate/--no-triangulate", default=True, show_default=True,
+              help="Lift runs: also the rows of the four views triangulated (4, 3, 2 views, robust; "
+                   "docs/triangulation.md).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report folder [default: RUN/eval]; with several runs, the comparison's folder [default: "
                    "eval-compare] (each run's own report still goes to RUN/eval).")
@@ -488,8 +491,8 @@ def _print_report(console, report):
 @workers_option(2, "Loader processes.", low=0)
 @device_option("auto")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
-def evaluate(run_dirs, shards, data, keypoints, flip, out, exclude_damaged, every, batch_size, workers, device,
-             no_plots):
+def evaluate(run_dirs, shards, data, keypoints, flip, triangulate, out, exclude_damaged, every, batch_size, workers,
+             device, no_plots):
     """Evaluate runs. A lift run: Table II (MPJPE, P-MPJPE per action) on whole S9/S11 sequences of an extracted
     dataset, for ground-truth 2-D and each keypoints file, flip-averaged, against a mean-pose baseline. Other runs, on
     test shards: Table I (2-D OKS AP/AR, PCK, MSE, time per epoch) and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action,
@@ -501,7 +504,8 @@ def evaluate(run_dirs, shards, data, keypoints, flip, out, exclude_damaged, ever
     console = _console()
     several = len(run_dirs) > 1
     reports = [_evaluate_run(console, run, shards, data, keypoints, flip, None if several else out, exclude_damaged,
-                             every, batch_size, workers, device, no_plots, quiet=several) for run in run_dirs]
+                             every, batch_size, workers, device, no_plots, quiet=several, triangulate=triangulate)
+               for run in run_dirs]
     reports = [r for r in reports if r is not None]          # lift runs print their own Table II
     if len(reports) > 1:
         console.print(compare_table(reports))
@@ -510,7 +514,7 @@ def evaluate(run_dirs, shards, data, keypoints, flip, out, exclude_damaged, ever
 
 
 def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_damaged, every, batch_size, workers,
-                  device, no_plots, quiet: bool):
+                  device, no_plots, quiet: bool, triangulate: bool = True):
     """One run's evaluation with its progress bar; prints its tables unless `quiet` (a lift run: its Table II,
     always); returns the report of a 2d / joint run, None for a lift run."""
     from h36m.pipelines.evaluate.evaluate import EvalConfig, default_out
@@ -519,7 +523,7 @@ def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_
     from h36m.pipelines.evaluate.table2 import is_lift_run
 
     if is_lift_run(str(run_dir)):
-        _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, device)
+        _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, device, triangulate)
         return None
     if not shards:
         _fail(f"{run_dir}: a 2d or joint run is evaluated on test shards: give --shards")
@@ -553,14 +557,14 @@ def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_
     return report
 
 
-def _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, device):
+def _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, device, triangulate=True):
     from h36m.pipelines.evaluate.evaluate import default_out
     from h36m.pipelines.evaluate.report import write_lift_report
     from h36m.pipelines.evaluate.table2 import LiftEvalConfig, evaluate_lift
 
     console = _console()
     cfg = LiftEvalConfig(run=str(run_dir), data=str(data) if data else None, keypoints=tuple(keypoints), flip=flip,
-                         exclude_damaged=exclude_damaged, every=every, device=device)
+                         exclude_damaged=exclude_damaged, every=every, device=device, triangulate=triangulate)
     with _progress(console) as progress:
         task = progress.add_task("view sequences", total=None)
         report = evaluate_lift(cfg, on_progress=lambda done, total: progress.update(task, completed=done,
@@ -574,7 +578,8 @@ def _print_lift_report(console, report):
 
     for table in lift_rich_tables(report, width=console.width):
         console.print(table)
-    for line in lift_settings_lines(report)[1:4]:
+    lines = lift_settings_lines(report)
+    for line in lines[1:4] + ([lines[-1]] if report.triangulated else []):
         console.print(line, soft_wrap=True, markup=False)
     if report.files:
         console.print(f"report: {', '.join(report.files)}", soft_wrap=True, markup=False)
@@ -608,6 +613,47 @@ def predict(run_dir, shards, out, flip, batch_size, workers, device):
         click.echo(f"left out {key}: {why}")
     console.print(f"[green]done[/]: {res.clips} clips -> {res.sequences} sequences x 4 cameras, {res.frames} "
                   f"(view, frame) predictions{' (flip-averaged)' if flip else ''} in {_lit(res.out)}", soft_wrap=True)
+
+
+@main.command()
+@click.argument("predictions", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The extracted dataset the 2-D was predicted from: its cameras (and world joints to compare).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .npz to write.")
+@subjects_option(None, "Comma-separated subjects [default: all in PREDICTIONS].")
+@click.option("--method", type=click.Choice(["robust", "dlt"]), default="robust", show_default=True,
+              help="robust: every pair of views a hypothesis, the inliers re-triangulated (survives a bad view); "
+                   "dlt: the weighted linear solution over all views.")
+@click.option("--weighted/--unweighted", default=True, show_default=True,
+              help="Weigh each view by the file's confidence_2d (where it has one).")
+def triangulate(predictions, data, out, subjects, method, weighted):
+    """World joints (mm) from the 2-D of all four cameras: PREDICTIONS (a VideoPose3D 2-D file, e.g. h36m predict's)
+    undistorted with H36M's model and triangulated with the cameras of the extracted dataset --data. Writes
+    triangulated_3d[subject][action] (N, 17, 3) world mm (docs/triangulation.md)."""
+    from h36m.pipelines.predict.triangulate import TriangulateConfig, triangulate as run_triangulate
+
+    console = _console()
+    cfg = TriangulateConfig(predictions=predictions, data=data, out=out, subjects=subjects, method=method,
+                            weighted=weighted)
+    progress = _progress(console)
+    task = progress.add_task("sequences", total=None, start=False)
+
+    def on_progress(done, total):   # the bar appears with the first sequence (not before a bad file is reported)
+        if not progress.live.is_started:
+            progress.start()
+            progress.start_task(task)
+        progress.update(task, completed=done, total=total)
+
+    try:
+        res = run_triangulate(cfg, on_progress=on_progress)
+    finally:
+        progress.stop()
+    for key in res.skipped:
+        click.echo(f"left out {key}: fewer than two cameras in {predictions}")
+    console.print(f"[green]done[/]: {res.sequences} sequences, {res.frames} frames, {method}"
+                  f"{', confidence-weighted' if res.weighted else ''} -> {_lit(res.out)}; against the dataset's "
+                  f"world joints: MPJPE {res.mpjpe:.1f} mm root-aligned, {res.mpjpe_abs:.1f} mm absolute",
+                  soft_wrap=True)
 
 
 @main.command()

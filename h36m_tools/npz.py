@@ -10,6 +10,8 @@ H36MError naming the file, before any of it is constructed.
 The layouts (VideoPose3D's `data/prepare_data_h36m.py`; see docs/interchange.md):
     positions_3d[subject][action]            (N, 32, 3) float32, world metres
     positions_2d[subject][action][cam_idx]   (N, 17, 2) float32, full-frame pixels (cameras in CAMERA_IDS order)
+    confidence_2d[subject][action][cam_idx]  (N, 17) float32 in [0, 1], optional (`h36m predict` of a network with a
+                                             confidence head; VideoPose3D's loaders never read it)
     metadata                                 {'layout_name': 'h36m', 'num_joints': 17, 'keypoints_symmetry':
                                               [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]}
 """
@@ -120,6 +122,15 @@ def _read_member(fh, name: str):
 def positions_2d(path: str | Path) -> tuple[dict, dict]:
     """(positions_2d, metadata) of a VideoPose3D 2-D file: positions_2d[subject][action] a list of per-camera
     (N, J, 2) float arrays. Raises H36MError naming the file when the layout is not that."""
+    pos, meta, _ = keypoints_2d(path)
+    return pos, meta
+
+
+def keypoints_2d(path: str | Path) -> tuple[dict, dict, dict | None]:
+    """(positions_2d, metadata, confidence_2d or None) of a VideoPose3D 2-D file (see `positions_2d`);
+    confidence_2d[subject][action] a list of per-camera (N, J) arrays: each must match its positions' (N, J), and a
+    third channel of positions_2d (CPN-style detections) is not read as a confidence. Raises H36MError naming the
+    file when the layout is not that."""
     data = load_npz(path)
     if "positions_2d" not in data:
         raise H36MError(path, f"no 'positions_2d' (has {', '.join(sorted(data)) or 'nothing'}): not a "
@@ -134,4 +145,16 @@ def positions_2d(path: str | Path) -> tuple[dict, dict]:
             if not isinstance(cams, (list, tuple)) or not all(
                     isinstance(a, np.ndarray) and a.ndim == 3 and a.shape[-1] >= 2 for a in cams):
                 raise H36MError(path, f"positions_2d[{subject!r}][{action!r}] is not a list of (N, J, 2) arrays")
-    return pos, meta
+    conf = data.get("confidence_2d")
+    if conf is None:
+        return pos, meta, None
+    if not isinstance(conf, dict):
+        raise H36MError(path, "'confidence_2d' is not a dict")
+    for subject, actions in conf.items():
+        for action, cams in (actions.items() if isinstance(actions, dict) else [(None, None)]):
+            want = pos.get(subject, {}).get(action) if action is not None else None
+            if want is None or not isinstance(cams, (list, tuple)) or len(cams) != len(want) or not all(
+                    isinstance(c, np.ndarray) and c.shape == p.shape[:2] for c, p in zip(cams, want)):
+                raise H36MError(path, f"confidence_2d[{subject!r}][{action!r}] does not match positions_2d's "
+                                      f"(N, J) per camera")
+    return pos, meta, conf

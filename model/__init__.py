@@ -6,7 +6,7 @@
 """
 from .config import (IMAGENET_MEAN, IMAGENET_STD, PRESETS, HeadConfig, LifterConfig, ModelConfig, RelationsConfig,
                      SpatialConfig)
-from .head import MEAN_POSE_2D, JointHead
+from .head import CONFIDENCE_RADIUS, MEAN_POSE_2D, JointHead, confidence
 from .lifter import PoseFormer
 from .preprocess import normalise_images
 from .network import (ModelOutput, PoseNetwork, build_model, load_pretrained_relations, load_pretrained_spatial,
@@ -20,4 +20,5 @@ __all__ = [
     "PoseNetwork", "ModelOutput", "build_model", "load_pretrained_spatial", "load_pretrained_relations",
     "read_checkpoint_state",
     "SpatialEncoder", "SpatialFeatures", "ImageRelations", "JointHead", "MEAN_POSE_2D", "PoseFormer",
+    "confidence", "CONFIDENCE_RADIUS",
 ]

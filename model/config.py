@@ -93,10 +93,14 @@ class RelationsConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """2-D joint head: joint queries attend over the image's final token grid (soft-argmax + offset)."""
+    """2-D joint head: joint queries attend over the image's final token grid (soft-argmax + offset).
+
+    confidence: also regress a per-joint Laplace scale (model.head: the confidence). A stored config whose head table
+    lacks this key predates it and reads as False (`ModelConfig.from_dict`), so its checkpoint loads as it was."""
     num_joints: int = 17
     dim: int = 256
     hidden: int = 256
+    confidence: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Inverse of `to_dict`; missing keys take their defaults, unknown keys raise KeyError."""
+        """Inverse of `to_dict`; missing keys take their defaults, unknown keys raise KeyError. Except: a `head`
+        table without `confidence` is a config written before the confidence head existed: False (its checkpoint
+        holds no scale branch)."""
+        if isinstance(d, dict) and isinstance(d.get("head"), dict) and "confidence" not in d["head"]:
+            d = {**d, "head": {**d["head"], "confidence": False}}
         return _from_dict(cls, d)
 
 

@@ -4,6 +4,7 @@
       -> spatial (Swin per image, N = B V F)     grid (N, h, w, C), pooled image token (N, C)
       -> relations over each clip's tokens       (B, V, F, C)
       -> head (refined token + own grid)         joints2d (B, V, F, 17, 2), crop coordinates, [0, 1]
+                                                 log_scale2d (B, V, F, 17): log Laplace scale, crop units (or None)
       -> lifter (cfg.lift; per view, per frame)  joints3d (B, V, F, 17, 3), root-relative camera mm
 
 view_mask (B, V) bool, True = view present: missing views' images are not run through the spatial
@@ -32,9 +33,12 @@ from .spatial import SpatialEncoder, SpatialFeatures
 
 
 class ModelOutput(NamedTuple):
-    """joints2d (B, V, F, J, 2) crop coords in [0, 1]; joints3d (B, V, F, J, 3) mm, root-relative, or None."""
+    """joints2d (B, V, F, J, 2) crop coords in [0, 1]; joints3d (B, V, F, J, 3) mm, root-relative, or None;
+    log_scale2d (B, V, F, J) the head's log Laplace scale of each joint, crop units (model.head.confidence turns it
+    into a confidence), or None for a head without the scale branch."""
     joints2d: torch.Tensor
     joints3d: Optional[torch.Tensor]
+    log_scale2d: Optional[torch.Tensor] = None
 
 
 class PoseNetwork(nn.Module):
@@ -87,11 +91,14 @@ class PoseNetwork(nn.Module):
             if view_index is not None:
                 view_index = view_index.to(device=images.device, dtype=torch.long)
             tokens = self.relations(tokens, view_mask, view_index)
-        joints2d = self.head(feats.grid, feats.keep, tokens.reshape(-1, c)).reshape(b, v, f, -1, 2)
+        joints2d, log_scale = self.head(feats.grid, feats.keep, tokens.reshape(-1, c))
+        joints2d = joints2d.reshape(b, v, f, -1, 2)
+        if log_scale is not None:
+            log_scale = log_scale.reshape(b, v, f, -1)
         joints3d = None
         if self.cfg.lift:
             joints3d = self.lift(joints2d.flatten(0, 1)).reshape(b, v, f, -1, 3)
-        return ModelOutput(joints2d, joints3d)
+        return ModelOutput(joints2d, joints3d, log_scale)
 
     def lift(self, joints2d_seq: torch.Tensor) -> torch.Tensor:
         """(N, T, J, 2) crop coordinates in [0, 1] (as in ModelOutput.joints2d), any T -> (N, T, J, 3) mm.

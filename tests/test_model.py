@@ -75,7 +75,8 @@ def test_tiny_forward_backward():
     assert out.joints2d.shape == (2, 4, 8, 17, 2) and out.joints3d.shape == (2, 4, 8, 17, 3)
     assert torch.isfinite(out.joints2d).all() and torch.isfinite(out.joints3d).all()
     assert out.joints3d[..., 0, :].abs().max() == 0  # root-relative
-    (out.joints2d.sum() + 1e-3 * out.joints3d.sum()).backward()
+    assert out.log_scale2d.shape == (2, 4, 8, 17) and torch.isfinite(out.log_scale2d).all()
+    (out.joints2d.sum() + 1e-3 * out.joints3d.sum() + out.log_scale2d.sum()).backward()
     for name, p in net.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
@@ -237,7 +238,7 @@ def test_grad_checkpointing_gives_same_grads():
     grads = []
     for net in (a, b):
         out = net(x)
-        (out.joints2d.sum() + 1e-3 * out.joints3d.sum()).backward()
+        (out.joints2d.sum() + 1e-3 * out.joints3d.sum() + out.log_scale2d.sum()).backward()
         grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4), name

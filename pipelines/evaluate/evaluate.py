@@ -14,7 +14,8 @@ all cameras; frames covered by several overlapping clips counted once; padded fr
     per canonical action (frames pooled over subactions and subjects), "Avg" = the unweighted mean of the action
     errors (the published tables' convention), "All" = the mean over all frames, and per subject.
   * 2-D, the paper's Table I: OKS AP and AR (pycocotools; the person area from the tight box of the 17 true
-    joints; sigmas h36m_tools.metrics.OKS_SIGMAS17), PCK@0.05/0.1/0.2 (threshold x the crop side), MSE: the mean
+    joints; sigmas h36m_tools.metrics.OKS_SIGMAS17; each detection's score the mean of its joints' confidences
+    (model.head.confidence) where the network has a confidence head, else 1), PCK@0.05/0.1/0.2 (threshold x the crop side), MSE: the mean
     squared coordinate error in the network's input crop pixels (224 for `paper`), and the mean error and MSE in
     full-frame pixels; for the network and for the mean 2-D pose of the training set placed in each crop
     (baseline). With them, the run's training time per epoch (`train.loop.read_metrics(run, "epoch")`).
@@ -86,6 +87,7 @@ class ViewClip:
     counted: np.ndarray         # (T,) bool: frame counted (not seen before, sampled by `every`)
     stride: int = 1             # the shards hold every stride-th source frame (`h36m extract --every`)
     pose3d_source: str = "world"   # where the ground truth's 3-D came from (extract.dataset.SequenceMeta)
+    conf2d: Optional[np.ndarray] = None   # (T, 17) the network's per-joint confidence in (0, 1), None without one
 
 
 @dataclass
@@ -223,7 +225,7 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
     from h36m.pipelines.train.checkpoint import load_network
     from h36m.pipelines.loader.loader import LoaderConfig, make_loader
     from h36m.pipelines.shards.urls import expand_urls
-    from h36m.model import normalise_images
+    from h36m.model import confidence, normalise_images
     from h36m.pipelines.extract.crop import to_full
     from h36m.pipelines.loader.loader import batch_crop_size
     from h36m.pipelines.train.pose_stats import PoseStats
@@ -257,7 +259,9 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
             crop = batch_crop_size(batch)
             mask = batch["view_mask"].bool()
             images = normalise_images(batch["images"].to(dev), net.cfg.spatial)
-            pred2d01 = net(images, mask.to(dev), batch["view_index"].to(dev)).joints2d.float()
+            out = net(images, mask.to(dev), batch["view_index"].to(dev))
+            pred2d01 = out.joints2d.float()
+            conf = None if out.log_scale2d is None else confidence(out.log_scale2d).cpu().numpy().astype(np.float64)
             clip_frames = int(batch["pose2d"].shape[2])
             gt2d01 = batch["pose2d"].float().to(dev) / crop
             p3 = net.lift(pred2d01[mask.to(dev)]).float().cpu().numpy()
@@ -296,7 +300,8 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
                         gt3d=gt3d[b, v, :real], pred3d=p3[k + v, :real].astype(np.float64),
                         pred3d_gt2d=g3[k + v, :real].astype(np.float64),
                         base3d=np.broadcast_to(mean3d, (real, 17, 3)).astype(np.float64), counted=counted,
-                        stride=stride, pose3d_source=str(meta.get("pose3d_source", "world"))))
+                        stride=stride, pose3d_source=str(meta.get("pose3d_source", "world")),
+                        conf2d=None if conf is None else conf[b, v, :real]))
                 k += nviews
                 clips += 1
                 if keep_clip and len(plots) < cfg.clip_plots and (meta["subject"], meta["action"]) not in drawn:
@@ -372,9 +377,12 @@ def table2d(views: list[ViewClip], coco: bool = True, input_size: int = 0) -> li
     side = M.box_max_side(box)                                   # the crop's side, full-frame px (square boxes)
     to_input = (input_size / side)[:, None, None] if input_size else None
     rows = []
+    scored = all(v.conf2d is not None for v in counted)
     for method, attr in (("Mean pose", "base2d"), ("Ours", "pred2d")):
         pred = np.concatenate([getattr(v, attr)[v.counted] for v in counted])
-        ap, ar = M.oks_ap_ar(pred, gt, M.tight_boxes(gt)) if coco else (math.nan, math.nan)
+        scores = np.concatenate([v.conf2d[v.counted].mean(-1) for v in counted]) \
+            if method == "Ours" and scored else None
+        ap, ar = M.oks_ap_ar(pred, gt, M.tight_boxes(gt), scores=scores) if coco else (math.nan, math.nan)
         inp = (M.mean_error_2d(pred * to_input, gt * to_input), M.mse_2d(pred * to_input, gt * to_input)) \
             if to_input is not None else (math.nan, math.nan)
         rows.append(Row2D(method, {f"PCK@{t:g}": M.pck(pred, gt, t, side) for t in PCK_THRESHOLDS},

@@ -26,7 +26,8 @@ SHORT = {"Directions": "Dir.", "Discussion": "Disc.", "Eating": "Eat", "Greeting
          "Photo": "Photo", "Posing": "Pose", "Purchases": "Purch.", "Sitting": "Sit", "SittingDown": "SitD.",
          "Smoking": "Smoke", "Waiting": "Wait", "WalkDog": "WalkD.", "Walking": "Walk", "WalkTogether": "WalkT."}
 TITLES = {"MPJPE": "Protocol #1: MPJPE (mm)", "P-MPJPE": "Protocol #2: P-MPJPE (mm)",
-          "N-MPJPE": "N-MPJPE (mm)", "MPJVE": "MPJVE (mm/frame)"}
+          "N-MPJPE": "N-MPJPE (mm)", "MPJVE": "MPJVE (mm/frame)",
+          "Abs. MPJPE": "Absolute MPJPE (mm): world joints, no alignment (triangulation only)"}
 
 
 #: How the reports state each 3-D source (extract.dataset.SequenceMeta.pose3d_source).
@@ -54,7 +55,8 @@ def settings_lines(r: EvalReport) -> list[str]:
         "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
         "Per action: frames pooled over subactions and subjects. Actions absent from the test data: '-'.",
         "2-D (the paper's Table I): OKS AP/AR via pycocotools, the person area from the tight box of the 17 true "
-        f"joints, per-joint sigmas {', '.join(f'{s:g}' for s in r.oks_sigmas)} (H36M defines none: COCO's for the "
+        "joints, each detection scored by the mean of the network's per-joint confidences (1 without a confidence "
+        f"head), per-joint sigmas {', '.join(f'{s:g}' for s in r.oks_sigmas)} (H36M defines none: COCO's for the "
         "same parts); PCK@a = joints within a x the crop side; MSE = mean squared coordinate error in the network's "
         f"input crop px ({r.input_size} px a side), also in full-frame px.",
         f"Training time per epoch: {_cell(r.epoch_time_s, 1)} s ({_cell(r.epoch_images_per_s, 0)} images/s; median "
@@ -119,19 +121,21 @@ def to_markdown(r: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def action_tables(r, methods, width: int) -> list:
-    """Table-II-like rich tables of MPJPE and P-MPJPE: a row per method (`r.row(method, metric)`), the 15 actions
-    and Avg, split in two halves of the actions when `width` columns cannot hold them."""
+def action_tables(r, methods, width: int, metrics=("MPJPE", "P-MPJPE")) -> list:
+    """Table-II-like rich tables of `metrics`: a row per method (`r.row(method, metric)`), the 15 actions and Avg,
+    split in two halves of the actions when `width` columns cannot hold them with the longest method name (names
+    wrap in the halves when even those are too wide; the numbers never do)."""
     from rich import box
     from rich.table import Table
 
     out = []
-    halves = [ACTIONS] if width >= 132 else [ACTIONS[:8], ACTIONS[8:]]
-    for metric in ("MPJPE", "P-MPJPE"):
+    numbers = 124            # the 15 action columns and Avg, with their padding
+    halves = [ACTIONS] if width >= numbers + max(len(m) for m in methods) else [ACTIONS[:8], ACTIONS[8:]]
+    for metric in metrics:
         for i, actions in enumerate(halves):
             title = TITLES[metric] + ("" if len(halves) == 1 else f" ({i + 1}/2)")
             t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
-            t.add_column("Method", no_wrap=True)
+            t.add_column("Method", overflow="fold")      # long method names wrap; the numbers never do
             for a in actions:
                 t.add_column(SHORT[a], justify="right", no_wrap=True)
             last = actions[-1] == ACTIONS[-1]
@@ -284,15 +288,27 @@ def lift_settings_lines(r) -> list[str]:
         "counted frames per row: " + ", ".join(f"{m} {n}" for m, n in r.frames.items()) + ".",
         "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
         "Per action: frames pooled over subactions, subjects and cameras. Actions absent from the test data: '-'.",
-    ]
+    ] + ([_triangulation_line(r)] if getattr(r, "triangulated", None) else [])
+
+
+def _triangulation_line(r) -> str:
+    weighted = ", ".join(Path(s).name for s in r.weighted)
+    return ("Triangulated rows: world joints from the calibrated views (H36M's distortion undone), no network; "
+            "linear (DLT) over all views of each subset, averaged per frame over the subsets of 3 / 2 views; robust: "
+            "view pairs as hypotheses, the inliers re-triangulated; "
+            + (f"views weighted by the confidences of {weighted}; " if weighted else "views weighted alike; ")
+            + "MPJPE root-aligned, Abs. MPJPE with no alignment; each frame counted once.")
 
 
 def lift_to_markdown(r) -> str:
     lines = ["# Table II", ""] + [f"- {x}" for x in lift_settings_lines(r)] + [""]
     head = ["Method"] + [SHORT[a] for a in ACTIONS] + ["Avg", "All"]
-    for metric in ("MPJPE", "P-MPJPE"):
+    for metric in ("MPJPE", "P-MPJPE", "Abs. MPJPE"):
+        methods = r.methods if metric != "Abs. MPJPE" else list(getattr(r, "triangulated", []))
+        if not methods:
+            continue
         lines += [f"## {TITLES[metric]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for method in r.methods:
+        for method in methods:
             row = r.row(method, metric)
             cells = [_cell(row.actions[a]) for a in ACTIONS] + [_cell(row.avg), _cell(row.all_frames)]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -311,9 +327,13 @@ def lift_to_csv(r) -> str:
 
 
 def lift_rich_tables(r, width: int = 200) -> list:
-    """rich renderables: Table II (MPJPE, P-MPJPE; rows = Mean pose and each 2-D source; split in two halves of the
-    actions when `width` columns cannot hold them)."""
-    return action_tables(r, r.methods, width)
+    """rich renderables: Table II (MPJPE, P-MPJPE; rows = Mean pose, the lifter on each 2-D source and the
+    triangulation rows; split in two halves of the actions when `width` columns cannot hold them), and the
+    triangulation rows' absolute MPJPE."""
+    out = action_tables(r, r.methods, width)
+    if getattr(r, "triangulated", None):
+        out += action_tables(r, r.triangulated, width, metrics=("Abs. MPJPE",))
+    return out
 
 
 def write_lift_report(r, out: str | os.PathLike):

@@ -9,6 +9,15 @@ sequence's ends; test-time flip averaging unless `flip` is off), once per 2-D so
 ground-truth 2-D) and each VideoPose3D 2-D file given (e.g. `h36m predict`'s). Rows ("methods"):
     Mean pose               the training set's mean root-relative 3-D pose, every frame (baseline)
     PoseFormer, <source>    the run's lifter on that 2-D source
+and with `triangulate` (predict.triangulate, h36m_tools.triangulate; no network involved), per 2-D source:
+    Triangulated (4 views), <source>          the confidence-weighted linear (DLT) triangulation of the four views
+    Triangulated (3 views) / (2 views), <file>    the same from every subset of 3 / 2 of the views, averaged per frame
+    Triangulated robust (4 views), <file>     view pairs as hypotheses, the inliers re-triangulated
+(ground-truth 2-D gets the 4-view row only: a check of the cameras, near 0). Their errors are of world joints, so
+they have one more metric, `ABS_MPJPE`: the MPJPE with no alignment at all (the position in the room, which no
+lifter gives); their MPJPE aligns the root joints like the lifting rows' (rotation does not change it) and each
+frame counts once (the lifting rows count a frame once per camera: the same per-action means when every frame has
+all its views).
 Per action: frames pooled over subactions, subjects and cameras; Avg = the unweighted mean of the action errors;
 All = the mean over all counted frames. `every` N counts only frames whose index is a multiple of N;
 `exclude_damaged` drops h36m_tools.names.DAMAGED. A source lacking some views is evaluated on those it has (the
@@ -29,6 +38,8 @@ from h36m.h36m_tools.names import ACTIONS, DAMAGED, TEST_SUBJECTS, parse_subject
 from h36m.pipelines.evaluate.evaluate import Row3D, _row, is_damaged
 
 TABLE2_METRICS = ("MPJPE", "P-MPJPE")
+#: The triangulation rows' extra metric: MPJPE of world joints without any alignment, mm.
+ABS_MPJPE = "Abs. MPJPE"
 MEAN_POSE = "Mean pose"
 
 
@@ -44,6 +55,7 @@ class LiftEvalConfig:
     exclude_damaged: bool = False
     every: int = 1
     device: str = "auto"
+    triangulate: bool = True                # the triangulation rows (see the module doc)
 
 
 @dataclass
@@ -66,17 +78,43 @@ class LiftReport:
     rows: list[Row3D]
     seconds: float
     files: list[str] = field(default_factory=list)
+    triangulated: list[str] = field(default_factory=list)   # the triangulation rows' methods
+    weighted: list[str] = field(default_factory=list)       # the sources whose confidences weighed the views
 
     def row(self, method: str, metric: str) -> Row3D:
         return next(r for r in self.rows if r.method == method and r.metric == metric)
 
     @property
     def methods(self) -> list[str]:
-        return [MEAN_POSE] + [method_name(s) for s in self.sources]
+        return [MEAN_POSE] + [method_name(s) for s in self.sources] + list(self.triangulated)
 
 
 def method_name(source: str) -> str:
     return "PoseFormer, GT 2-D" if source == "gt" else f"PoseFormer, {Path(source).name}"
+
+
+def triangulated_name(source: str, views: int, robust: bool = False) -> str:
+    """'Triangulated (4 views), GT 2-D', 'Triangulated robust (4 views), pred.npz'."""
+    return (f"Triangulated{' robust' if robust else ''} ({views} views), "
+            + ("GT 2-D" if source == "gt" else Path(source).name))
+
+
+def triangulation_errors(mv, views: int, robust: bool = False) -> dict[str, np.ndarray]:
+    """Per frame of a MultiView (predict.triangulate): {MPJPE, P-MPJPE, ABS_MPJPE} (N,) mm of the world joints
+    triangulated from `views` of its cameras, averaged over every subset of that many (empty when it has fewer).
+    MPJPE aligns the root joints; ABS_MPJPE aligns nothing."""
+    from itertools import combinations
+
+    from h36m.pipelines.predict.triangulate import triangulate_views
+
+    out = {m: [] for m in TABLE2_METRICS + (ABS_MPJPE,)}
+    for subset in combinations(range(len(mv.cameras)), views):
+        world, _ = triangulate_views(mv, list(subset), "robust" if robust else "dlt")
+        world = np.where(np.isfinite(world), world, 0.0)     # a point no pair of views gives: counted at the origin
+        out["MPJPE"].append(M.mpjpe_frames(world, mv.world, root=0))
+        out["P-MPJPE"].append(M.p_mpjpe_frames(world, mv.world))
+        out[ABS_MPJPE].append(M.mpjpe_frames(world, mv.world))
+    return {m: np.mean(v, axis=0) for m, v in out.items() if v}
 
 
 def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int], None]] = None) -> LiftReport:
@@ -133,12 +171,17 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
                 on_progress(done, total)
     if MEAN_POSE not in per_method:
         raise H36MError(data, "no test frames to evaluate (no sequence of the test subjects, or every one excluded)")
+    triangulated, weighted = [], []
+    if cfg.triangulate:
+        triangulated, weighted = _triangulation_rows(cfg, data, subjects, sources, per_method)
     rows, frames = [], {}
     methods = [MEAN_POSE] + [method_name(s) for s in sources]
-    for metric in TABLE2_METRICS:
-        for method in methods:
-            act, subj, errs = per_method.get(method, ([], [], {m: [] for m in TABLE2_METRICS}))
-            err = np.concatenate(errs[metric]) if errs[metric] else np.zeros(0)
+    for metric in TABLE2_METRICS + (ABS_MPJPE,):
+        for method in methods + triangulated:
+            if metric == ABS_MPJPE and method not in triangulated:
+                continue
+            act, subj, errs = per_method.get(method, ([], [], {}))
+            err = np.concatenate(errs[metric]) if errs.get(metric) else np.zeros(0)
             rows.append(_row(method, metric, np.array(act), np.array(subj), err))
             frames[method] = len(act)
     present = {a for a in per_method[MEAN_POSE][0]}
@@ -148,7 +191,38 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
         damaged_policy="excluded" if cfg.exclude_damaged else "included", damaged=[f"{s}/{q}" for s, q in DAMAGED],
         every=cfg.every, subjects=sorted(set(per_method[MEAN_POSE][1]), key=subject_order),
         actions=[a for a in ACTIONS if a in present], sources=sources, frames=frames, sequences=len(gt_seqs),
-        rows=rows, seconds=time.perf_counter() - t0)
+        rows=rows, seconds=time.perf_counter() - t0, triangulated=triangulated, weighted=weighted)
+
+
+def _triangulation_rows(cfg: LiftEvalConfig, data: str, subjects, sources: list[str], per_method: dict
+                        ) -> tuple[list[str], list[str]]:
+    """Fill per_method with the triangulation rows of every source (see the module doc); returns their method
+    names in table order and the sources whose confidences weighed the views."""
+    from h36m.pipelines.predict.triangulate import load_views
+
+    methods, weighted = [], []
+    for source in sources:
+        views, _ = load_views(data, subjects, source)
+        if source != "gt" and any(mv.confidence is not None for mv in views):
+            weighted.append(source)
+        plan = [(4, False)] if source == "gt" else [(4, False), (3, False), (2, False), (4, True)]
+        for n, robust in plan:
+            name = triangulated_name(source, n, robust)
+            for mv in views:
+                keep = mv.frames % cfg.every == 0
+                if cfg.exclude_damaged and is_damaged(mv.subject, mv.sequence):
+                    keep[:] = False
+                if not keep.any() or len(mv.cameras) < n:
+                    continue
+                errs = triangulation_errors(mv, n, robust)
+                act, subj, acc = per_method.setdefault(name, ([], [], {m: [] for m in TABLE2_METRICS + (ABS_MPJPE,)}))
+                for m, e in errs.items():
+                    acc[m].append(e[keep])
+                act += [mv.action] * int(keep.sum())
+                subj += [mv.subject] * int(keep.sum())
+            if name in per_method:
+                methods.append(name)
+    return methods, weighted
 
 
 def is_lift_run(run: str) -> bool:
@@ -158,5 +232,5 @@ def is_lift_run(run: str) -> bool:
     return load_checkpoint(run)["config"]["train"].get("stage") == "lift"
 
 
-__all__ = ["LiftEvalConfig", "LiftReport", "evaluate_lift", "is_lift_run", "method_name", "TABLE2_METRICS",
-           "MEAN_POSE"]
+__all__ = ["LiftEvalConfig", "LiftReport", "evaluate_lift", "is_lift_run", "method_name", "triangulated_name",
+           "triangulation_errors", "TABLE2_METRICS", "ABS_MPJPE", "MEAN_POSE"]

@@ -11,8 +11,13 @@ back (x -> crop - 1 - x, left/right joints swapped) and averaged with the plain 
 pixels through the clip's boxes (extract.crop.to_full).
 The file (h36m_tools.npz for the layout): positions_2d[subject][action][camera index] (N, 17, 2) float32, N = the
 last covered frame + 1, actions named as VideoPose3D names them (interchange.npzfile.vp3d_action), cameras in
-CAMERA_IDS order, and `metadata` (layout_name, num_joints, keypoints_symmetry). The network gives no per-joint
-confidence, so none is written. A sequence missing a camera, or with a frame no clip covers, is left out and listed.
+CAMERA_IDS order, and `metadata` (layout_name, num_joints, keypoints_symmetry). A network with a confidence head
+(model.head) also gives confidence_2d[subject][action][camera index] (N, 17) float32 in (0, 1], a member of its own
+beside positions_2d (averaged over flips and overlapping clips like the coordinates): VideoPose3D's and PoseFormer's
+loaders read only `positions_2d` and `metadata`, and size their networks' input by the last axis of positions_2d, so
+a third channel would change what they build; a separate member changes nothing for them. A network without the
+head (an older checkpoint) writes no confidence_2d. A sequence missing a camera, or with a frame no clip covers, is
+left out and listed.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ class PredictResult:
     frames: int                             # (view, frame) predictions written
     clips: int
     skipped: dict[str, str] = field(default_factory=dict)   # 'S11/Directions' -> why
+    confidence: bool = False                # confidence_2d written (the network has a confidence head)
 
 
 class Stitcher:
@@ -59,18 +65,20 @@ class Stitcher:
         self.counts: dict[tuple[str, str, str], np.ndarray] = {}
 
     def add(self, key: tuple[str, str, str], frames: np.ndarray, joints: np.ndarray) -> None:
-        """frames (T,) source indices, joints (T, 17, 2) full-frame px."""
+        """frames (T,) source indices, joints (T, 17, C): C = 2 full-frame px, and more channels (e.g. a
+        confidence) averaged alike."""
         n = int(frames.max()) + 1
-        s = self.sums.setdefault(key, np.zeros((0, 17, 2)))
+        s = self.sums.setdefault(key, np.zeros((0,) + joints.shape[1:]))
         c = self.counts.setdefault(key, np.zeros(0, np.int64))
         if len(s) < n:
-            s = self.sums[key] = np.concatenate([s, np.zeros((n - len(s), 17, 2))])
+            s = self.sums[key] = np.concatenate([s, np.zeros((n - len(s),) + s.shape[1:])])
             c = self.counts[key] = np.concatenate([c, np.zeros(n - len(c), np.int64)])
         np.add.at(s, frames, joints)
         np.add.at(c, frames, 1)
 
     def sequences(self) -> dict[tuple[str, str], dict[str, np.ndarray | str]]:
-        """(subject, sequence) -> camera -> (N, 17, 2) mean px, or a string saying which frames are missing."""
+        """(subject, sequence) -> camera -> (N, 17, C) mean px (and channels), or a string saying which frames are
+        missing."""
         out: dict[tuple[str, str], dict] = {}
         for (subject, sequence, camera), s in self.sums.items():
             c = self.counts[(subject, sequence, camera)]
@@ -93,7 +101,7 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
     """Run, stitch and write cfg.out atomically; `on_progress(clips done, total or None)` after each batch."""
     import torch
 
-    from h36m.model import normalise_images
+    from h36m.model import confidence, normalise_images
     from h36m.pipelines.extract.crop import to_full
     from h36m.pipelines.loader.loader import LoaderConfig, batch_crop_size, make_loader
     from h36m.pipelines.train.checkpoint import load_network
@@ -110,28 +118,41 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
         raise H36MError(first, str(e)) from None
     total = getattr(loader, "total_samples", None)
     stitch, clips = Stitcher(), 0
+    with_conf = bool(net.cfg.head.confidence)
+
+    def run(images, mask, crop):
+        """(B, V, F, 17, 2) crop px, (B, V, F, 17) confidence or None."""
+        out = net(images, mask)
+        conf = None if out.log_scale2d is None else confidence(out.log_scale2d).cpu().numpy()
+        return out.joints2d.float().cpu().numpy() * crop, conf
+
     with torch.no_grad():
         for batch in loader:
             crop = batch_crop_size(batch)
             mask = batch["view_mask"].bool()
             images = normalise_images(batch["images"].to(dev), net.cfg.spatial)
-            pred = net(images, mask.to(dev)).joints2d.float().cpu().numpy() * crop          # (B, V, F, 17, 2)
+            pred, conf = run(images, mask.to(dev), crop)                                # (B, V, F, 17, 2), (..., 17)
             if cfg.flip:
-                mirrored = net(images.flip(-1), mask.to(dev)).joints2d.float().cpu().numpy() * crop
+                mirrored, mconf = run(images.flip(-1), mask.to(dev), crop)
                 pred = (pred + unflip_crop(mirrored, crop)) / 2
+                if with_conf:
+                    conf = (conf + mconf[..., FLIP17]) / 2
             for b, meta in enumerate(batch["meta"]):
                 real = int(meta.get("real_frames", len(meta["frames"])))
                 frames = np.asarray(meta["frames"][:real], np.int64)
                 for v in range(int(mask[b].sum())):
                     box = batch["box"][b, v, :real].numpy().astype(np.float64)
-                    stitch.add((meta["subject"], meta["sequence"], str(meta["cameras"][v])), frames,
-                               to_full(pred[b, v, :real].astype(np.float64), box, crop))
+                    joints = to_full(pred[b, v, :real].astype(np.float64), box, crop)
+                    if with_conf:
+                        joints = np.concatenate([joints, conf[b, v, :real, :, None].astype(np.float64)], axis=-1)
+                    stitch.add((meta["subject"], meta["sequence"], str(meta["cameras"][v])), frames, joints)
                 clips += 1
             if on_progress is not None:
                 on_progress(clips, total)
     if clips == 0:
         raise H36MError(first, "no clips in the shards")
     positions: dict[str, dict[str, list[np.ndarray]]] = {}
+    confidences: dict[str, dict[str, list[np.ndarray]]] = {}
     skipped, frames = {}, 0
     for (subject, sequence), cams in sorted(stitch.sequences().items()):
         key = f"{subject}/{sequence.replace(' ', '_')}"
@@ -141,11 +162,15 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
             skipped[key] = "; ".join(problems + ([f"no camera {', '.join(absent)}"] if absent else []))
             continue
         n = min(len(cams[c]) for c in CAMERA_IDS)
-        positions.setdefault(subject, {})[vp3d_action(sequence)] = [cams[c][:n].astype(np.float32)
+        positions.setdefault(subject, {})[vp3d_action(sequence)] = [cams[c][:n, :, :2].astype(np.float32)
                                                                     for c in CAMERA_IDS]
+        if with_conf:
+            confidences.setdefault(subject, {})[vp3d_action(sequence)] = [cams[c][:n, :, 2].astype(np.float32)
+                                                                          for c in CAMERA_IDS]
         frames += 4 * n
     if not positions:
         raise H36MError(first, "no whole sequence to write (" + "; ".join(f"{k}: {v}" for k, v in skipped.items())
                         + ")")
-    write_npz(cfg.out, positions_2d=positions, metadata=METADATA_2D)
-    return PredictResult(Path(cfg.out), sum(len(v) for v in positions.values()), frames, clips, skipped)
+    extra = {"confidence_2d": confidences} if with_conf else {}
+    write_npz(cfg.out, positions_2d=positions, metadata=METADATA_2D, **extra)
+    return PredictResult(Path(cfg.out), sum(len(v) for v in positions.values()), frames, clips, skipped, with_conf)

@@ -27,6 +27,11 @@ from typing import Any
 from h36m.h36m_tools.errors import H36MError
 
 STAGES = ("2d", "lift", "joint")
+#: How the 2d and joint stages train a head with a confidence (scale) branch (train.losses):
+#:   scale  loss = joint_distance + laplace_nll with the coordinates detached: the NLL trains only the scale branch
+#:          (which reads the head's features through a stop-gradient), the joints train exactly as without it
+#:   rle    loss = laplace_nll alone, coordinates included (residual log-likelihood estimation without its flow)
+CONFIDENCE_LOSSES = ("scale", "rle")
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class TrainConfig:
     pretrained_relations: str | None = None  # a local timm ViT checkpoint to start the relation blocks from
     seed: int = 0
     loss3d_weight: float = 1.0             # joint stage: loss = 2-D loss + w * 3-D loss (metres)
+    confidence_loss: str = "scale"         # 2d / joint stages, heads with a confidence: CONFIDENCE_LOSSES
     max_steps: int | None = None           # stop (with a checkpoint) after this many steps; the schedule is unchanged
     checkpoint_every: int = 200            # optimiser steps between checkpoints (and at every epoch end)
     log_every: int = 1                     # steps between metrics.jsonl / TensorBoard entries
@@ -154,6 +160,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
     if out.affine not in AFFINE:
         raise ValueError(f"affine must be one of {', '.join(AFFINE)}, got {out.affine!r}")
+    if out.confidence_loss not in CONFIDENCE_LOSSES:
+        raise ValueError(f"confidence_loss must be one of {', '.join(CONFIDENCE_LOSSES)}, got "
+                         f"{out.confidence_loss!r}")
     _at_least_one(out, "epochs", "batch_size", "grad_accum")
     for f in fields(TrainConfig):
         v = getattr(out, f.name)

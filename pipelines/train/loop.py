@@ -5,7 +5,8 @@
     result = resume("runs/2d")                         # continues at the same step and learning rate
 
 Stages (see TrainConfig.stage): `2d` trains spatial + relations + head on the images (loss: mean Euclidean 2-D joint
-error in crop units, the crop side = 1); `lift` trains only the lifter, on whole sequences of an extracted dataset
+error in crop units, the crop side = 1, plus the Laplace NLL of a head with a confidence branch, as
+TrainConfig.confidence_loss says); `lift` trains only the lifter, on whole sequences of an extracted dataset
 held in memory (train.lift: no shards, no images); `joint` fine-tunes everything end to end on the shards' clips
 (2-D loss + w x 3-D loss of the lifter on the clip's own 2-D predictions).
 
@@ -39,7 +40,7 @@ from h36m.pipelines.files import write_atomic
 from h36m.pipelines.shards.urls import is_pipe
 from h36m.h36m_tools.errors import H36MError
 
-from h36m.pipelines.train.losses import joint_distance, mpjpe_m
+from h36m.pipelines.train.losses import joint_distance, laplace_nll, mpjpe_m
 from h36m.pipelines.train.pose_stats import PoseStats
 from h36m.pipelines.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from h36m.pipelines.train.config import RUN_CONTROL, TrainConfig, from_dict, model_config, resolve, to_dict, to_toml
@@ -149,16 +150,30 @@ def _stage_module(net, cfg: TrainConfig):
 
         def forward(self, images, view_mask, view_index, target2d, target3d):
             nan = target2d.new_tensor(math.nan)
-            if cfg.stage == "2d":
-                out = self.net(images, view_mask, view_index)
-                err2d = joint_distance(out.joints2d, target2d, view_mask)
-                return err2d, err2d.detach(), nan
             out = self.net(images, view_mask, view_index)
             err2d = joint_distance(out.joints2d, target2d, view_mask)
+            loss2d = err2d
+            if out.log_scale2d is not None:
+                if cfg.confidence_loss == "rle":
+                    loss2d = laplace_nll(out.joints2d, out.log_scale2d, target2d, view_mask)
+                else:
+                    loss2d = err2d + laplace_nll(out.joints2d.detach(), out.log_scale2d, target2d, view_mask)
+            if cfg.stage == "2d":
+                return loss2d, err2d.detach(), nan
             m = mpjpe_m(out.joints3d[view_mask], target3d[view_mask])
-            return err2d + cfg.loss3d_weight * m, err2d.detach(), m.detach()
+            return loss2d + cfg.loss3d_weight * m, err2d.detach(), m.detach()
 
     return StageLoss()
+
+
+def _clip_groups(net) -> list[list]:
+    """The trainable parameters in the groups whose gradient norms are clipped apart: the head's confidence (scale)
+    branch, and everything else."""
+    head = getattr(net, "head", None)
+    own = {id(p) for p in head.confidence_parameters()} if hasattr(head, "confidence_parameters") else set()
+    groups = [[p for p in net.parameters() if p.requires_grad and id(p) not in own],
+              [p for p in net.parameters() if p.requires_grad and id(p) in own]]
+    return [g for g in groups if g]
 
 
 def _param_groups(net, weight_decay: float):
@@ -367,8 +382,9 @@ class _Trainer:
                     (loss_t / cfg.grad_accum).backward()
                 sums[:3] += torch.stack([loss_t.detach().double().cpu(), err2d.double().cpu(),
                                          mpjpe.double().cpu()]) / cfg.grad_accum
-            if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], cfg.clip_grad)
+            if cfg.clip_grad > 0:     # the confidence branch on its own: its gradient never shrinks the joints'
+                for group in _clip_groups(self.net):
+                    torch.nn.utils.clip_grad_norm_(group, cfg.clip_grad)
             lr = self.sched.get_last_lr()[0]
             self.opt.step()
             self.sched.step()

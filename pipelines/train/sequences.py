@@ -72,22 +72,29 @@ def windows(x: np.ndarray, rf: int) -> np.ndarray:
     return xp[np.arange(len(x))[:, None] + np.arange(rf)[None]]
 
 
+def extracted_sequences(extracted: str | os.PathLike, subjects):
+    """(SequenceMeta, SequenceArrays without the JPEGs) of every sequence of `subjects` in an extracted dataset, in
+    its order; H36MError naming the folder when it is not one."""
+    from h36m.pipelines.extract.dataset import list_sequences, read_sequence
+
+    try:
+        paths = list_sequences(extracted, tuple(subjects))
+    except FileNotFoundError as e:
+        raise H36MError(extracted, str(e).split(": ", 1)[-1]) from None
+    for path in paths:
+        yield read_sequence(path, with_jpeg=False)
+
+
 def load_sequences(extracted: str | os.PathLike, subjects, keypoints: str = "gt"
                    ) -> tuple[list[ViewSequence], list[str]]:
     """Every view of every sequence of `subjects` in an extracted dataset, with the 2-D inputs from `keypoints`
     ('gt' or a VideoPose3D 2-D .npz), and the keys of the views the keypoints file lacks (left out). Raises
     H36MError naming the file when the keypoints have fewer frames than a sequence or another joint count."""
     from h36m.h36m_tools.npz import positions_2d
-    from h36m.pipelines.extract.dataset import list_sequences, read_sequence
 
     kp = None if keypoints == "gt" else positions_2d(keypoints)[0]
-    try:
-        paths = list_sequences(extracted, tuple(subjects))
-    except FileNotFoundError as e:
-        raise H36MError(extracted, str(e).split(": ", 1)[-1]) from None
     out, missing = [], []
-    for path in paths:
-        meta, a = read_sequence(path, with_jpeg=False)
+    for meta, a in extracted_sequences(extracted, subjects):
         for v, cam in enumerate(meta.cameras):
             p = meta.camera_params[v]
             pose2d = a.pose2d[:, v].astype(np.float64)
