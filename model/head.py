@@ -63,7 +63,7 @@ def confidence(log_scale: torch.Tensor, radius: float = CONFIDENCE_RADIUS) -> to
 class JointHead(nn.Module):
     """Soft-argmax joint head with a residual offset. See the module doc for shapes and the maths."""
 
-    #: Parameters exempt from weight decay (timm's convention): the joint queries, the mean-pose prior, the scale offsets.
+    #: Exempt from weight decay (timm's convention): the joint queries, the mean-pose prior, the scale offsets.
     NO_WEIGHT_DECAY = ("queries", "prior", "scale_joint", "scale_spread")
 
     def __init__(self, cfg: HeadConfig, in_dim: int, grid_size: int):
