@@ -19,7 +19,9 @@ def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
     assert res.exit_code == 0, res.output
     for text in ("synth", "extract", "shard", "train-2d", "predict", "train-lift", "evaluate",
                  "Protocol #1: MPJPE (mm)", "Mean pose", "PoseFormer, GT 2-D", "PoseFormer, pred.npz",
-                 "Ours vs mean-pose baseline, MPJPE", "report in"):
+                 "Triangulated (4 views), GT 2-D", "Triangulated (2 views), pred.npz",
+                 "Triangulated robust (4 views), pred.npz", "Absolute MPJPE", "Ours vs mean-pose baseline, MPJPE",
+                 "report in"):
         assert text in res.output, text
     state = json.loads((out / "demo.json").read_text())
     assert state["done"] == ["synth", "extract", "shard", "train-2d", "predict", "train-lift"]

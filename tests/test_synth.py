@@ -126,7 +126,9 @@ def test_drawn_person_inside_mask_and_on_joints(small_release):
                 assert ((u >= x0) & (u < x1) & (v >= y0) & (v < y1)).all()
                 ui, vi = np.round(u).astype(int), np.round(v).astype(int)
                 on = np.abs(frames[t][vi, ui].astype(int) - bg[vi, ui]).max(axis=1) > 25
-                assert on.mean() >= 0.9, (subject, cam.id, t, on)
+                # all but two joints: a joint on the green torso (the neck, or an arm's joint behind the body) can
+                # come within 25 levels of a grey wall once H.264 has blurred the colours
+                assert on.sum() >= len(on) - 2, (subject, cam.id, t, on)
 
 
 def test_deterministic_for_a_seed(tmp_path):
