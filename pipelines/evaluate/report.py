@@ -288,7 +288,7 @@ def lift_settings_lines(r) -> list[str]:
         "counted frames per row: " + ", ".join(f"{m} {n}" for m, n in r.frames.items()) + ".",
         "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
         "Per action: frames pooled over subactions, subjects and cameras. Actions absent from the test data: '-'.",
-    ] + ([_triangulation_line(r)] if getattr(r, "triangulated", None) else [])
+    ] + ([_triangulation_line(r)] if r.triangulated else [])
 
 
 def _triangulation_line(r) -> str:
@@ -304,7 +304,7 @@ def lift_to_markdown(r) -> str:
     lines = ["# Table II", ""] + [f"- {x}" for x in lift_settings_lines(r)] + [""]
     head = ["Method"] + [SHORT[a] for a in ACTIONS] + ["Avg", "All"]
     for metric in ("MPJPE", "P-MPJPE", "Abs. MPJPE"):
-        methods = r.methods if metric != "Abs. MPJPE" else list(getattr(r, "triangulated", []))
+        methods = r.methods if metric != "Abs. MPJPE" else r.triangulated
         if not methods:
             continue
         lines += [f"## {TITLES[metric]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -331,7 +331,7 @@ def lift_rich_tables(r, width: int = 200) -> list:
     triangulation rows; split in two halves of the actions when `width` columns cannot hold them), and the
     triangulation rows' absolute MPJPE."""
     out = action_tables(r, r.methods, width)
-    if getattr(r, "triangulated", None):
+    if r.triangulated:
         out += action_tables(r, r.triangulated, width, metrics=("Abs. MPJPE",))
     return out
 

@@ -149,17 +149,11 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
     done = 0
 
     def add(method: str, seq, pred: np.ndarray) -> None:
-        keep = (seq.frames % cfg.every == 0)
-        if cfg.exclude_damaged and is_damaged(seq.subject, seq.sequence):
-            keep[:] = False
-        if not keep.any():
-            return
-        act, subj, errs = per_method.setdefault(method, ([], [], {m: [] for m in TABLE2_METRICS}))
-        gt = seq.pose3d[keep]
-        errs["MPJPE"].append(M.mpjpe_frames(pred[keep], gt))
-        errs["P-MPJPE"].append(M.p_mpjpe_frames(pred[keep], gt))
-        act += [seq.action] * int(keep.sum())
-        subj += [seq.subject] * int(keep.sum())
+        keep = _counted(cfg, seq.subject, seq.sequence, seq.frames)
+        if keep.any():
+            gt = seq.pose3d[keep]
+            _add(per_method, method, seq.action, seq.subject,
+                 {"MPJPE": M.mpjpe_frames(pred[keep], gt), "P-MPJPE": M.p_mpjpe_frames(pred[keep], gt)})
 
     for seq in gt_seqs:
         add(MEAN_POSE, seq, np.broadcast_to(stats.mean3d, seq.pose3d.shape))
@@ -194,6 +188,26 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
         rows=rows, seconds=time.perf_counter() - t0, triangulated=triangulated, weighted=weighted)
 
 
+def _counted(cfg: LiftEvalConfig, subject: str, sequence: str, frames: np.ndarray) -> np.ndarray:
+    """(N,) bool: the frames of a sequence Table II counts (index a multiple of cfg.every; none of a damaged
+    sequence when cfg.exclude_damaged)."""
+    keep = frames % cfg.every == 0
+    if cfg.exclude_damaged and is_damaged(subject, sequence):
+        keep[:] = False
+    return keep
+
+
+def _add(per_method: dict, method: str, action: str, subject: str, errs: dict[str, np.ndarray]) -> None:
+    """Append one sequence's counted per-frame errors (metric -> (n,) mm) to `method`'s (actions, subjects,
+    metric -> arrays) in per_method."""
+    n = len(next(iter(errs.values())))
+    act, subj, acc = per_method.setdefault(method, ([], [], {}))
+    for m, e in errs.items():
+        acc.setdefault(m, []).append(e)
+    act += [action] * n
+    subj += [subject] * n
+
+
 def _triangulation_rows(cfg: LiftEvalConfig, data: str, subjects, sources: list[str], per_method: dict
                         ) -> tuple[list[str], list[str]]:
     """Fill per_method with the triangulation rows of every source (see the module doc); returns their method
@@ -209,17 +223,10 @@ def _triangulation_rows(cfg: LiftEvalConfig, data: str, subjects, sources: list[
         for n, robust in plan:
             name = triangulated_name(source, n, robust)
             for mv in views:
-                keep = mv.frames % cfg.every == 0
-                if cfg.exclude_damaged and is_damaged(mv.subject, mv.sequence):
-                    keep[:] = False
-                if not keep.any() or len(mv.cameras) < n:
-                    continue
-                errs = triangulation_errors(mv, n, robust)
-                act, subj, acc = per_method.setdefault(name, ([], [], {m: [] for m in TABLE2_METRICS + (ABS_MPJPE,)}))
-                for m, e in errs.items():
-                    acc[m].append(e[keep])
-                act += [mv.action] * int(keep.sum())
-                subj += [mv.subject] * int(keep.sum())
+                keep = _counted(cfg, mv.subject, mv.sequence, mv.frames)
+                if keep.any() and len(mv.cameras) >= n:
+                    _add(per_method, name, mv.action, mv.subject,
+                         {m: e[keep] for m, e in triangulation_errors(mv, n, robust).items()})
             if name in per_method:
                 methods.append(name)
     return methods, weighted

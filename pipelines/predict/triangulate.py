@@ -30,6 +30,7 @@ import numpy as np
 
 from h36m.h36m_tools.cameras import CAMERA_IDS, Camera
 from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.names import SUBJECTS
 from h36m.h36m_tools.triangulate import triangulate_dlt, triangulate_robust
 from h36m.pipelines.interchange.npzfile import vp3d_action, write_npz
 
@@ -53,18 +54,20 @@ class MultiView:
         return f"{self.subject}/{self.sequence.replace(' ', '_')}"
 
 
-def load_views(extracted: str | os.PathLike, subjects, keypoints: str = "gt", every_frame: bool = False
+def load_views(extracted: str | os.PathLike, subjects=None, keypoints: str = "gt", every_frame: bool = False
                ) -> tuple[list[MultiView], list[str]]:
-    """Every sequence of `subjects` in an extracted dataset with the 2-D of `keypoints` ('gt': the dataset's own
+    """Every sequence of `subjects` (None: those of the 2-D file, or every subject for 'gt') in an extracted dataset with the 2-D of `keypoints` ('gt': the dataset's own
     ground truth; or a VideoPose3D 2-D file cut to the dataset's frames, or with `every_frame` all of the file's
     frames, the world ground truth then NaN where the dataset has no row), and the keys of the sequences the file
     lacks. Views a file lacks are left out of that sequence. Raises H36MError naming the file on a bad layout."""
     from h36m.h36m_tools.npz import keypoints_2d
-    from h36m.pipelines.train.sequences import extracted_sequences
+    from h36m.pipelines.train.sequences import camera_keypoints, extracted_sequences
 
     pos = conf = None
     if keypoints != "gt":
         pos, _, conf = keypoints_2d(keypoints)
+    if subjects is None:
+        subjects = sorted(pos) if pos is not None else SUBJECTS
     out, missing = [], []
     for meta, a in extracted_sequences(extracted, subjects):
         cams = [Camera.from_dict(p) for p in meta.camera_params]
@@ -74,29 +77,20 @@ def load_views(extracted: str | os.PathLike, subjects, keypoints: str = "gt", ev
             out.append(MultiView(meta.subject, meta.sequence, meta.action, cams, frames,
                                  a.pose2d.transpose(1, 0, 2, 3).astype(np.float64), None, world))
             continue
-        action = vp3d_action(meta.sequence)
-        file_cams = pos.get(meta.subject, {}).get(action)
-        file_conf = (conf or {}).get(meta.subject, {}).get(action)
-        keep = [v for v, c in enumerate(meta.cameras) if file_cams is not None and c in CAMERA_IDS
-                and CAMERA_IDS.index(c) < len(file_cams)]
+        found = [camera_keypoints(pos, keypoints, meta.subject, meta.sequence, c, frames) for c in meta.cameras]
+        keep = [v for v, arr in enumerate(found) if arr is not None]
         if len(keep) < 2:
             missing.append(meta.key)
             continue
-        arrays = [np.asarray(file_cams[CAMERA_IDS.index(meta.cameras[v])], np.float64) for v in keep]
-        for v, arr in zip(keep, arrays):
-            if arr.shape[1] != 17:
-                raise H36MError(keypoints, f"{meta.subject} {action!r} camera {meta.cameras[v]}: {arr.shape[1]} "
-                                           f"joints, expected 17")
-            if len(arr) <= int(frames.max()):
-                raise H36MError(keypoints, f"{meta.subject} {action!r} camera {meta.cameras[v]}: {len(arr)} frames, "
-                                           f"the sequence has {int(frames.max()) + 1}")
+        arrays = [found[v] for v in keep]
         if every_frame:
             n = min(len(x) for x in arrays)
             rows = np.arange(n)
             full = np.full((n, 17, 3), np.nan)
             full[frames[frames < n]] = world[frames < n]
             world, frames = full, rows
-        points = np.stack([x[frames, :, :2] for x in arrays])
+        points = np.stack([x[frames] for x in arrays])
+        file_conf = (conf or {}).get(meta.subject, {}).get(vp3d_action(meta.sequence))
         c = None
         if file_conf is not None:
             c = np.stack([np.asarray(file_conf[CAMERA_IDS.index(meta.cameras[v])], np.float64)[frames]
@@ -154,13 +148,12 @@ def triangulate(cfg: TriangulateConfig, on_progress: Optional[Callable[[int, int
     """Triangulate every frame of every sequence of the 2-D file the dataset has cameras for; write cfg.out
     atomically; `on_progress(sequences done, total)`."""
     from h36m.h36m_tools.names import parse_subjects
-    from h36m.h36m_tools.npz import keypoints_2d
 
     if cfg.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
-    pos, _, conf = keypoints_2d(cfg.predictions)
-    subjects = parse_subjects(cfg.subjects) if cfg.subjects else sorted(pos)
+    subjects = parse_subjects(cfg.subjects) if cfg.subjects else None       # None: the 2-D file's subjects
     views, skipped = load_views(cfg.data, subjects, str(cfg.predictions), every_frame=True)
+    conf = any(mv.confidence is not None for mv in views)
     tri: dict[str, dict[str, np.ndarray]] = {}
     used: dict[str, dict[str, np.ndarray]] = {}
     errs, errs_root = [], []
@@ -176,7 +169,7 @@ def triangulate(cfg: TriangulateConfig, on_progress: Optional[Callable[[int, int
         if on_progress is not None:
             on_progress(i + 1, len(views))
     meta = {"units": "mm", "coordinates": "world", "num_joints": 17, "method": cfg.method,
-            "weighted": bool(cfg.weighted and conf is not None), "cameras": list(CAMERA_IDS),
+            "weighted": bool(cfg.weighted and conf), "cameras": list(CAMERA_IDS),
             "source": Path(cfg.predictions).name}
     write_npz(cfg.out, triangulated_3d=tri, views_used=used, metadata=meta)
     mean = (lambda xs: float(np.concatenate(xs).mean()) if xs else float("nan"))

@@ -99,10 +99,11 @@ def load_sequences(extracted: str | os.PathLike, subjects, keypoints: str = "gt"
             p = meta.camera_params[v]
             pose2d = a.pose2d[:, v].astype(np.float64)
             if kp is not None:
-                pose2d = _from_keypoints(kp, keypoints, meta.subject, meta.sequence, cam, a.frame)
-                if pose2d is None:
+                arr = camera_keypoints(kp, keypoints, meta.subject, meta.sequence, cam, a.frame)
+                if arr is None:
                     missing.append(f"{meta.key}/{cam}")
                     continue
+                pose2d = arr[a.frame]
             cam3d = a.pose3d_cam[:, v].astype(np.float64)
             out.append(ViewSequence(meta.subject, meta.sequence, meta.action, cam, int(p["width"]),
                                     int(p["height"]), a.frame.astype(np.int64), pose2d, cam3d - cam3d[:, :1],
@@ -112,8 +113,11 @@ def load_sequences(extracted: str | os.PathLike, subjects, keypoints: str = "gt"
     return out, missing
 
 
-def _from_keypoints(kp: dict, path, subject: str, sequence: str, camera: str, frames: np.ndarray
-                    ) -> np.ndarray | None:
+def camera_keypoints(kp: dict, path, subject: str, sequence: str, camera: str, frames: np.ndarray
+                     ) -> np.ndarray | None:
+    """One camera's 2-D joints of a sequence in a VideoPose3D 2-D file: kp = its positions_2d (h36m_tools.npz), path
+    = the file (for errors) -> the whole (M, 17, 2) float64 array, M > frames.max(), or None when the file lacks that
+    camera of that sequence. Raises H36MError naming the file on another joint count or fewer frames."""
     from h36m.pipelines.interchange.npzfile import vp3d_action
 
     action = vp3d_action(sequence)
@@ -127,7 +131,7 @@ def _from_keypoints(kp: dict, path, subject: str, sequence: str, camera: str, fr
     if len(arr) <= int(frames.max()):
         raise H36MError(path, f"{subject} {action!r} camera {camera}: {len(arr)} frames, the sequence has "
                               f"{int(frames.max()) + 1}")
-    return arr[frames]
+    return arr
 
 
 def inputs(seq: ViewSequence) -> np.ndarray:
