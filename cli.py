@@ -37,6 +37,21 @@ def _progress(console):
                     TimeRemainingColumn(), console=console, transient=False)
 
 
+def _late_progress(console, label: str):
+    """A bar that appears with its first update, not before a bad input is reported: (progress, update(done, total));
+    stop the progress when done."""
+    progress = _progress(console)
+    task = progress.add_task(label, total=None, start=False)
+
+    def update(done, total) -> None:
+        if not progress.live.is_started:
+            progress.start()
+            progress.start_task(task)
+        progress.update(task, completed=done, total=total)
+
+    return progress, update
+
+
 def _lit(value) -> str:
     """`value` as text that rich markup prints literally (a path may hold `[`)."""
     from rich.markup import escape
@@ -529,15 +544,10 @@ def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_
         _fail(f"{run_dir}: a 2d or joint run is evaluated on test shards: give --shards")
     cfg = EvalConfig(run=str(run_dir), shards=shards, out=str(out) if out else None, exclude_damaged=exclude_damaged,
                      every=every, batch_size=batch_size, workers=workers, device=device, plots=not no_plots)
-    progress = _progress(console)
-    task = progress.add_task(f"test clips ({_lit(Path(run_dir).name)})" if quiet else "test clips", total=None,
-                             start=False)
+    progress, update = _late_progress(console, f"test clips ({_lit(Path(run_dir).name)})" if quiet else "test clips")
 
-    def on_progress(e):  # the bar appears with the first batch (not before a bad --run is reported)
-        if not progress.live.is_started:
-            progress.start()
-            progress.start_task(task)
-        progress.update(task, completed=e.clips, total=e.total)
+    def on_progress(e):
+        update(e.clips, e.total)
 
     try:
         report = run_eval(cfg, on_progress=on_progress)
@@ -635,14 +645,7 @@ def triangulate(predictions, data, out, subjects, method, weighted):
     console = _console()
     cfg = TriangulateConfig(predictions=predictions, data=data, out=out, subjects=subjects, method=method,
                             weighted=weighted)
-    progress = _progress(console)
-    task = progress.add_task("sequences", total=None, start=False)
-
-    def on_progress(done, total):   # the bar appears with the first sequence (not before a bad file is reported)
-        if not progress.live.is_started:
-            progress.start()
-            progress.start_task(task)
-        progress.update(task, completed=done, total=total)
+    progress, on_progress = _late_progress(console, "sequences")
 
     try:
         res = run_triangulate(cfg, on_progress=on_progress)
