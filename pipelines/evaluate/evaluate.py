@@ -17,8 +17,8 @@ all cameras; frames covered by several overlapping clips counted once; padded fr
     joints; sigmas h36m_tools.metrics.OKS_SIGMAS17; each detection's score the mean of its joints' confidences
     (model.head.confidence) where the network has a confidence head, else 1), PCK@0.05/0.1/0.2 (threshold x the
     crop side), MSE: the mean squared coordinate error in the network's input crop pixels (224 for `paper`), and the
-    mean error and MSE in full-frame pixels; for the network and for the mean 2-D pose of the training set placed in each crop
-    (baseline). With them, the run's training time per epoch (`train.loop.read_metrics(run, "epoch")`).
+    mean error and MSE in full-frame pixels; for the network and for the mean 2-D pose of the training set placed in
+    each crop (baseline). With them, the run's training time per epoch (`train.loop.read_metrics(run, "epoch")`).
   * `every` N: only frames whose source index is a multiple of N count (the network still sees whole clips); shards
     of a dataset extracted with `--every S` hold only multiples of S, so N must be a multiple of S;
     MPJVE uses the velocity from the previous frame to each counted frame.

@@ -59,7 +59,8 @@ def load_views(extracted: str | os.PathLike, subjects=None, keypoints: str = "gt
     """Every sequence of `subjects` (None: those of the 2-D file, or every subject for 'gt') in an extracted dataset
     with the 2-D of `keypoints` ('gt': the dataset's own ground truth; or a VideoPose3D 2-D file cut to the dataset's
     frames, or with `every_frame` all of the file's frames, the world ground truth then NaN where the dataset has no
-    row), and the keys of the sequences the file lacks. Views a file lacks are left out of that sequence. Raises H36MError naming the file on a bad layout."""
+    row), and the keys of the sequences the file lacks. Views a file lacks are left out of that sequence. Raises
+    H36MError naming the file on a bad layout."""
     from h36m.h36m_tools.npz import keypoints_2d
     from h36m.pipelines.train.sequences import camera_keypoints, extracted_sequences
 
