@@ -10,10 +10,12 @@ naming the file and the problem, before the work the bound limits is done.
 Bounds of one file:
     MAX_FILE_BYTES      its size on disk
     MAX_MEMBERS         members in its zip directory (read from the directory's end record before the directory)
-    MAX_MEMBER_BYTES    one member inflated; a member's stated size must also fit what its compressed bytes can hold
-                        (DEFLATE expands at most MAX_DEFLATE_RATIO times; stored members not at all), and a member is
-                        inflated only when asked for, never past its stated size (a stream longer or shorter than
-                        stated is refused)
+    MAX_MEMBER_BYTES    one member inflated; its stated size must also fit what its compressed bytes can hold
+                        (DEFLATE expands at most MAX_DEFLATE_RATIO times, a stored member not at all), and above
+                        EXPANSION_FLOOR be at most MAX_EXPANSION times those bytes (arrays of real numbers deflate
+                        a few times at most; a zip bomb a thousand), so a small file cannot cost much memory. A
+                        member is inflated only when asked for, in chunks, never past its stated size (a stream
+                        longer or shorter than stated is refused)
     MAX_READ_BYTES      the members read from one file, together
     PICKLE_LIMITS       a pickle's nodes (each reference to a shared object counted again) and depth; its arrays'
                         bytes, each reference counted again, at most ARRAY_REFERENCES times its member's size
@@ -54,7 +56,9 @@ MAX_FILE_BYTES = 4 << 30
 MAX_MEMBERS = 64
 MAX_MEMBER_BYTES = 2 << 30
 MAX_READ_BYTES = 4 << 30
-MAX_DEFLATE_RATIO = 1032            # DEFLATE's largest expansion: a 258-byte match in one bit or so
+MAX_DEFLATE_RATIO = 1032            # the most DEFLATE can expand (258 bytes from one 2-bit code, and so on)
+MAX_EXPANSION = 100                 # above EXPANSION_FLOOR, the most a member may expand (numbers: a few times)
+EXPANSION_FLOOR = 64 << 20
 PICKLE_LIMITS = PickleLimits(nodes=1_000_000, depth=32)
 ARRAY_REFERENCES = 8
 #: The largest |coordinate| a 2-D file may hold, px: a hundred times the H36M frame.
@@ -164,6 +168,10 @@ def _inflate(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: i
     if info.file_size > can_hold:
         raise H36MError(path, f"member {name!r} claims {info.file_size} bytes from {info.compress_size} "
                               f"{_METHODS[info.compress_type]} bytes, more than they can hold: forged")
+    if info.file_size > max(EXPANSION_FLOOR, MAX_EXPANSION * info.compress_size):
+        raise H36MError(path, f"member {name!r} would inflate {info.file_size / info.compress_size:.0f} times, to "
+                              f"{info.file_size} bytes: a zip bomb (keypoints compress less than "
+                              f"{MAX_EXPANSION} times), not read")
     out = bytearray()
     try:
         with z.open(info) as fh:
@@ -260,7 +268,7 @@ def _read_2d(path, with_confidence: bool) -> tuple[dict, dict, dict | None]:
         if a.shape[1] != 17:
             raise H36MError(path, f"{where} has {a.shape[1]} joints: H36M's 17 joints (h36m_tools.skeleton) "
                                   f"are read")
-        _check_values(path, where, a[..., :2], -MAX_ABS_PX, MAX_ABS_PX, f"coordinates within +-{MAX_ABS_PX:.0f} px")
+        _check_values(path, where, a[..., :2], -MAX_ABS_PX, MAX_ABS_PX, "pixel coordinates")
     conf = data.get("confidence_2d")
     if conf is None:
         return pos, meta, None
@@ -275,7 +283,7 @@ def _read_2d(path, with_confidence: bool) -> tuple[dict, dict, dict | None]:
     for where, c in _arrays(conf, "confidence_2d"):
         if c.dtype.kind not in "fiu":
             raise H36MError(path, f"{where} is {_describe(c)}, not numbers")
-        _check_values(path, where, c, 0.0, 1.0, "confidences in [0, 1]")
+        _check_values(path, where, c, 0.0, 1.0, "confidences")
     return pos, meta, conf
 
 
@@ -341,9 +349,12 @@ def _check_tree(path, member: str, tree) -> None:
             if not isinstance(action, str):
                 raise H36MError(path, f"{member}[{subject!r}] has the action key {action!r} "
                                       f"({type(action).__name__}): actions are text such as 'Walking 1'")
-            if not isinstance(cams, (list, tuple)) or len(cams) > len(CAMERA_IDS):
-                raise H36MError(path, f"{member}[{subject!r}][{action!r}] is {_describe(cams)}, not a list of at "
-                                      f"most {len(CAMERA_IDS)} per-camera arrays")
+            if not isinstance(cams, (list, tuple)):
+                raise H36MError(path, f"{member}[{subject!r}][{action!r}] is {_describe(cams)}, not a list of "
+                                      f"per-camera arrays")
+            if len(cams) > len(CAMERA_IDS):
+                raise H36MError(path, f"{member}[{subject!r}][{action!r}] holds {len(cams)} cameras: H36M has "
+                                      f"{len(CAMERA_IDS)} ({', '.join(CAMERA_IDS)})")
 
 
 def _arrays(tree: dict, member: str):
@@ -353,14 +364,14 @@ def _arrays(tree: dict, member: str):
                 yield f"{member}[{subject!r}][{action!r}][{i}] (camera {CAMERA_IDS[i]})", a
 
 
-def _check_values(path, where: str, a: np.ndarray, low: float, high: float, rule: str) -> None:
-    """Every value of `a` finite and within [low, high], else one line naming the first that is not."""
+def _check_values(path, where: str, a: np.ndarray, low: float, high: float, noun: str) -> None:
+    """Every value of `a` a finite number in [low, high], else one line naming how many are not and the first."""
     with np.errstate(invalid="ignore"):
         bad = ~((a >= low) & (a <= high))                    # (NaN compares false: bad too)
     if bad.any():
         first = np.argwhere(bad)[0]
-        raise H36MError(path, f"{where}: {int(bad.sum())} values that are not {rule} (the first, "
-                              f"{float(a[tuple(first)]):g}, in frame {first[0]}): refused")
+        raise H36MError(path, f"{where}: {int(bad.sum())} {noun} not a finite number in [{low:g}, {high:g}] (the "
+                              f"first: {float(a[tuple(first)]):g}, frame {first[0]}): refused")
 
 
 def _describe(x) -> str:
