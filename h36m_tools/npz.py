@@ -366,8 +366,10 @@ def _arrays(tree: dict, member: str):
 
 def _check_values(path, where: str, a: np.ndarray, low: float, high: float, noun: str) -> None:
     """Every value of `a` a finite number in [low, high], else one line naming how many are not and the first."""
+    if a.dtype.kind == "f" and a.dtype.itemsize < 4:
+        a = a.astype(np.float32)                             # (the bounds in float16 would be inf)
     with np.errstate(invalid="ignore"):
-        bad = ~((a >= low) & (a <= high))                    # (NaN compares false: bad too)
+        bad = ~(np.isfinite(a) & (a >= low) & (a <= high))
     if bad.any():
         first = np.argwhere(bad)[0]
         raise H36MError(path, f"{where}: {int(bad.sum())} {noun} not a finite number in [{low:g}, {high:g}] (the "

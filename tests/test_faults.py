@@ -867,3 +867,120 @@ def test_hostile_2d_file_is_one_line_in_bounded_memory_and_time(case, tmp_path):
     assert res.returncode == 1, (res.returncode, res.stderr[-2000:])     # (a signal would be negative)
     one_line_error(res, str(path), *words)
     assert not path.with_suffix(".ran").exists() and not (tmp_path / "world.npz").exists()
+
+
+@pytest.fixture(scope="module")
+def exported_2d(extracted, tmp_path_factory) -> Path:
+    """The extracted dataset's ground-truth 2-D as a VideoPose3D file (`export`): a good file triangulate reads."""
+    from h36m.pipelines.interchange.export import FILE_2D, ExportConfig, export
+
+    out = tmp_path_factory.mktemp("exported")
+    export(ExportConfig(src=extracted, out=out))
+    return out / FILE_2D
+
+
+def test_unused_members_are_never_inflated(exported_2d, extracted, tmp_path):
+    """A good 2-D file with an 80 MiB zip-bomb member and a member claiming 3 GiB beside its own: triangulate reads
+    the members it uses and finishes under 1 GiB (the others are never inflated); reading every member names the
+    bomb."""
+    from h36m.h36m_tools.errors import H36MError
+    from h36m.h36m_tools.npz import load_npz
+
+    path = tmp_path / "with_bombs.npz"
+    with zipfile.ZipFile(exported_2d) as z:
+        members = {n[:-4]: z.read(n) for n in z.namelist()}
+    _zeros_member(path, "junk.npy", 80 << 20, {**members, "claim": b"x" * 1000})
+    _patched(path, "claim.npy", size=3 << 30)
+    assert path.stat().st_size < 2 * exported_2d.stat().st_size + (1 << 20)
+    res = run_cli_limited("triangulate", path, "--data", extracted, "--out", tmp_path / "world.npz")
+    assert res.returncode == 0 and (tmp_path / "world.npz").is_file(), res.stderr
+    with pytest.raises(H36MError, match="'(junk|claim).npy'"):
+        load_npz(path)
+
+
+def test_no_sequence_with_two_views_says_so(exported_2d, extracted, tmp_path):
+    """triangulate on a 2-D file that gives each sequence one camera: one line saying no sequence has two views."""
+    from h36m.h36m_tools.npz import keypoints_2d
+    from h36m.pipelines.interchange.npzfile import write_npz
+
+    pos, meta, _ = keypoints_2d(exported_2d)
+    path = tmp_path / "one_view.npz"
+    write_npz(path, positions_2d={s: {a: cams[:1] for a, cams in acts.items()} for s, acts in pos.items()},
+              metadata=meta)
+    one_line_error(run_cli("triangulate", path, "--data", extracted, "--out", tmp_path / "w.npz"), str(path),
+                   "no sequence of", "two or more cameras")
+
+
+def test_an_output_never_replaces_an_input(exported_2d, extracted, tmp_path):
+    """triangulate X --out X (and --out a link to X): one line, the input unchanged."""
+    import shutil
+
+    path = tmp_path / "pred.npz"
+    shutil.copy(exported_2d, path)
+    before = path.read_bytes()
+    (tmp_path / "link.npz").symlink_to(path)
+    for out in (path, tmp_path / "link.npz"):
+        one_line_error(run_cli("triangulate", path, "--data", extracted, "--out", out), str(out),
+                       "is also an input")
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_writes_its_pair_as_one_unit(extracted, tmp_path):
+    """export into a folder holding an earlier pair, with the second file's write failing: one error naming it,
+    and both files of the earlier pair left as they were (none half-replaced), no temporary file left."""
+    from h36m.h36m_tools.errors import H36MError
+    from h36m.pipelines.files import temporary_name
+    from h36m.pipelines.interchange.export import FILE_2D, FILE_3D, ExportConfig, export
+
+    export(ExportConfig(src=extracted, out=tmp_path, subjects=("S1",)))
+    before = {f: (tmp_path / f).read_bytes() for f in (FILE_3D, FILE_2D)}
+    temporary_name(tmp_path / FILE_2D).mkdir()           # the 2-D file's write fails (a folder in its way)
+    with pytest.raises(H36MError, match=FILE_2D):
+        export(ExportConfig(src=extracted, out=tmp_path))     # every subject: different files
+    assert {f: (tmp_path / f).read_bytes() for f in (FILE_3D, FILE_2D)} == before
+    assert [p.name for p in tmp_path.glob(".*.tmp")] == [temporary_name(tmp_path / FILE_2D).name]
+
+
+def test_missing_remote_shard_is_one_line():
+    """A training shard at an http:// URL that cannot be reached: len(loader) is an H36MError (one line in the CLI)
+    naming the URL, not a traceback; still a TypeError for code asking for a length."""
+    from h36m.h36m_tools.errors import H36MError
+    from h36m.pipelines.loader.loader import LoaderConfig, make_loader
+
+    url = "http://127.0.0.1:9/train-000000.tar"           # port 9 (discard): nothing listens
+    loader = make_loader(LoaderConfig(url, batch_size=1, workers=0))
+    with pytest.raises(H36MError) as e:
+        len(loader)
+    assert isinstance(e.value, TypeError) and str(e.value).startswith(url) and "index" in str(e.value)
+
+
+def test_debug_shows_the_traceback_behind_the_line(tmp_path):
+    """`h36m --debug` and H36M_DEBUG=1 print the traceback the one-line error hides, then the same line."""
+    path = _npz(tmp_path / "nan.npz", _bad_values(pose=np.nan))
+    args = ("triangulate", path, "--data", tmp_path, "--out", tmp_path / "w.npz")
+    plain = one_line_error(run_cli(*args), str(path))
+    for res in (run_cli("--debug", *args), run_cli_limited(*args, env={"H36M_DEBUG": "1"})):
+        assert res.returncode == 1 and "Traceback" in res.stderr and "H36MError" in res.stderr, res.stderr
+        assert res.stderr.strip().splitlines()[-1] == plain
+
+
+def test_names_with_control_characters_are_escaped(tmp_path):
+    """A 2-D file named with an escape sequence, a newline and a byte that is not UTF-8: the error is one line that
+    shows them escaped (\\x1b, \\n, \\xff), with no control character reaching the terminal."""
+    name = "a\x1b[2J\nb" + os.fsdecode(b"\xff") + ".npz"
+    path = _npz(tmp_path / name, _bad_values(pose=np.inf))
+    res = subprocess.run([str(H36M), "triangulate", path, "--data", tmp_path, "--out", tmp_path / "w.npz"],
+                         capture_output=True, timeout=120)
+    err = res.stderr.decode("ascii")                     # (ASCII: nothing raw got through)
+    assert res.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert "a\\x1b[2J\\nb\\xff.npz" in err and not any(c < " " for c in err.rstrip("\n")), err
+
+
+@pytest.mark.slow
+def test_lift_run_on_a_nan_2d_file_writes_no_model(extracted, tmp_path):
+    """train --stage lift --keypoints FILE with a NaN coordinate: one line naming the file and the value, exit 1,
+    and no run folder (no checkpoint of NaN weights)."""
+    path = _npz(tmp_path / "nan.npz", _bad_values(pose=np.nan))
+    one_line_error(run_cli("train", "--stage", "lift", "--data", extracted, "--keypoints", path, "--out",
+                           tmp_path / "run", timeout=300), str(path), "pixel coordinates", "nan")
+    assert not (tmp_path / "run").exists()
