@@ -34,6 +34,7 @@ every confidence lies in [0, 1].
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zipfile
@@ -190,8 +191,6 @@ def _inflate(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: i
 def _member(path: Path, name: str, data) -> object:
     """One .npy member's value from its bytes: a numeric array (exactly its shape's bytes) or, for an object
     array, the decoded pickle that follows the header."""
-    import io
-
     where = f"member {name!r}: " if name else ""
     head = io.BytesIO(bytes(data[:8 + 4 + 10_000]))                # magic, header length, numpy's header limit
     try:
@@ -252,7 +251,7 @@ def _read_2d(path, with_confidence: bool) -> tuple[dict, dict, dict | None]:
     names = ("positions_2d", "metadata") + (("confidence_2d",) if with_confidence else ())
     data = load_npz(path, names)
     if "positions_2d" not in data:
-        found = sorted(load_npz_names(path))
+        found = sorted(_member_names(path))
         raise H36MError(path, f"no 'positions_2d' (has {', '.join(found) or 'nothing'}): not a VideoPose3D 2-D "
                               f"keypoints file")
     pos, meta = data["positions_2d"], data.get("metadata", {})
@@ -287,7 +286,7 @@ def _read_2d(path, with_confidence: bool) -> tuple[dict, dict, dict | None]:
     return pos, meta, conf
 
 
-def load_npz_names(path: str | Path) -> list[str]:
+def _member_names(path: str | Path) -> list[str]:
     """The member names (without '.npy') of an .npz file, read from its directory (nothing inflated)."""
     path = Path(path)
     try:
@@ -340,21 +339,23 @@ def _check_tree(path, member: str, tree) -> None:
     if not isinstance(tree, dict):
         raise H36MError(path, f"'{member}' is a {type(tree).__name__}, not a dict of subjects")
     for subject, actions in tree.items():
-        if not isinstance(subject, str):
-            raise H36MError(path, f"{member} has the subject key {subject!r} ({type(subject).__name__}): subjects "
-                                  f"are text such as 'S9'")
+        _text_key(path, member, subject, "subject", "S9")
         if not isinstance(actions, dict):
             raise H36MError(path, f"{member}[{subject!r}] is a {type(actions).__name__}, not a dict of actions")
         for action, cams in actions.items():
-            if not isinstance(action, str):
-                raise H36MError(path, f"{member}[{subject!r}] has the action key {action!r} "
-                                      f"({type(action).__name__}): actions are text such as 'Walking 1'")
+            _text_key(path, f"{member}[{subject!r}]", action, "action", "Walking 1")
             if not isinstance(cams, (list, tuple)):
                 raise H36MError(path, f"{member}[{subject!r}][{action!r}] is {_describe(cams)}, not a list of "
                                       f"per-camera arrays")
             if len(cams) > len(CAMERA_IDS):
                 raise H36MError(path, f"{member}[{subject!r}][{action!r}] holds {len(cams)} cameras: H36M has "
                                       f"{len(CAMERA_IDS)} ({', '.join(CAMERA_IDS)})")
+
+
+def _text_key(path, where: str, key, kind: str, example: str) -> None:
+    if not isinstance(key, str):
+        raise H36MError(path, f"{where} has the {kind} key {key!r} ({type(key).__name__}): {kind}s are text such as "
+                              f"{example!r}")
 
 
 def _arrays(tree: dict, member: str):
