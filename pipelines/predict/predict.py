@@ -106,6 +106,11 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
     from h36m.pipelines.loader.loader import LoaderConfig, batch_crop_size, make_loader
     from h36m.pipelines.train.checkpoint import load_network
 
+    from h36m.pipelines.files import refuse_replacing
+    from h36m.pipelines.shards.urls import expand_urls, is_local, local_path
+
+    refuse_replacing(cfg.out, cfg.run, Path(cfg.run) / "checkpoint.pt",
+                     *(local_path(u) for u in expand_urls(cfg.shards) if is_local(u)))
     dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
                        else "cpu")
     net, _ = load_network(cfg.run, dev)
