@@ -117,12 +117,8 @@ def _open_stream(path: Path):
     return {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open, "tar": open}[compression(path)](path, "rb")
 
 
-class _Ended(EOFError):
-    """The stream ended where the tar said more data was."""
-
-
 class _Bounded:
-    """A stream that raises `_Ended` when it has nothing more to give: tarfile's stream mode skips a member by
+    """A stream that raises EOFError when it has nothing more to give: tarfile's stream mode skips a member by
     reading its claimed size block by block and would spin on an empty stream for a claimed petabyte."""
 
     def __init__(self, stream):
@@ -131,30 +127,26 @@ class _Bounded:
     def read(self, n: int = -1) -> bytes:
         data = self.stream.read(n)
         if not data and n:
-            raise _Ended("unexpected end of data")
+            raise EOFError("unexpected end of data")
         return data
 
 
 def list_archive(path: str | Path) -> Listing:
-    """List an archive in one front-to-back pass (building its seek index when rapidgzip can) and check that it
-    decompresses to its end. A damaged archive is listed again with Python's decoders, whose error says whether
-    it is truncated or damaged."""
+    """List an archive in one front-to-back pass and check that it decompresses to its end; gzip and bzip2 through
+    rapidgzip, which builds the archive's seek index in the same pass (`_indexed_entries`). Where that pass fails
+    (a damaged archive, or one whose data would expand past `INDEXER_MEMORY`), the archive is listed with Python's
+    decoders, in bounded memory, whose error says whether it is truncated or damaged."""
     path = Path(path)
-    kind = compression(path)
-    if rapidgzip is not None and kind in ("gzip", "bzip2"):
-        try:
-            with rapidgzip.open(str(path), parallelization=_threads()) as stream:
-                listing = _list(path, kind, _Bounded(stream))
-                if listing.problem is None:
-                    _drain(stream)
-                    index = _export_index(stream, path)
-                    listing.members = [replace(m, index=index) for m in listing.members]
-                    return listing
-        except _ERRORS:
-            pass
     try:
+        kind = compression(path)
+        indexed = _indexed_entries(path) if rapidgzip is not None and kind in ("gzip", "bzip2") else None
+        if indexed is not None:
+            entries, index = indexed
+            listing = _list(path, kind, iter(entries))
+            listing.members = [replace(m, index=index) for m in listing.members]
+            return listing
         with _open_stream(path) as stream:
-            listing = _list(path, kind, _Bounded(stream))
+            listing = _list(path, kind, _tar_entries(_Bounded(stream)))
             if listing.problem is None:
                 try:
                     _drain(stream)
@@ -165,29 +157,91 @@ def list_archive(path: str | Path) -> Listing:
         return Listing([], H36MError(path, f"cannot read ({e.strerror or e})"))
 
 
-def _list(path: Path, kind: str, stream) -> Listing:
+def _tar_entries(stream) -> Iterator[tuple[str, int, int, bool]]:
+    """(name, data offset, size, is a regular file) of each entry of a tar stream."""
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for info in tar:
+            yield info.name, info.offset_data, info.size, info.isfile()
+
+
+def _list(path: Path, kind: str, entries: Iterator[tuple[str, int, int, bool]]) -> Listing:
+    """The listing of `entries`, in order, up to the first that no archive of this size can hold or that cannot be
+    read."""
     listing = Listing([])
     last = None
     limit = MAX_RATIO[kind] * path.stat().st_size if kind in MAX_RATIO else None
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for info in tar:
-                last = info.name
-                if limit is not None and info.offset_data + info.size > limit:
-                    listing.problem = H36MError(path, f"damaged archive (member '{shown_name(info.name)}' claims "
-                                                      f"{info.size} bytes, more than the {path.stat().st_size} "
-                                                      f"bytes of the archive can hold); download it again")
-                    return listing
-                if not info.isfile():
-                    continue
-                name = _clean(info.name)
-                if not is_utf8(name):
-                    listing.skipped.append(f"{path}:{shown_name(name)}: name is not valid UTF-8; file left out")
-                    continue
-                listing.members.append(Member(path, name, info.offset_data, info.size))
+        for name, offset, size, is_file in entries:
+            last = name
+            if limit is not None and offset + size > limit:
+                listing.problem = H36MError(path, f"damaged archive (member '{shown_name(name)}' claims {size} "
+                                                  f"bytes, more than the {path.stat().st_size} bytes of the archive "
+                                                  f"can hold); download it again")
+                return listing
+            if not is_file:
+                continue
+            name = _clean(name)
+            if not is_utf8(name):
+                listing.skipped.append(f"{path}:{shown_name(name)}: name is not valid UTF-8; file left out")
+                continue
+            listing.members.append(Member(path, name, offset, size))
     except _ERRORS as e:
         listing.problem = _damaged(path, last, e)
     return listing
+
+
+#: Address space of the process that lists an archive through rapidgzip, bytes (plus INDEXER_THREAD_MEMORY a
+#: thread): its decoder holds whole decoded chunks of 4 MiB of compressed data, which a hostile archive can make
+#: expand 1000-fold. An archive that needs more is listed with Python's decoders, without an index.
+INDEXER_MEMORY = 768 << 20
+INDEXER_THREAD_MEMORY = 128 << 20
+_INDEXER = """
+import json, sys, tarfile, rapidgzip
+path, index, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+class Bounded:
+    def __init__(self, stream): self.stream = stream
+    def read(self, n=-1):
+        data = self.stream.read(n)
+        if not data and n:
+            raise EOFError("unexpected end of data")
+        return data
+with rapidgzip.open(path, parallelization=threads) as stream:
+    with tarfile.open(fileobj=Bounded(stream), mode="r|") as tar:
+        entries = [[i.name, i.offset_data, i.size, i.isfile()] for i in tar]
+    while stream.read(1 << 20):
+        pass
+    with open(index, "wb") as fh:
+        stream.export_index(fh)
+json.dump(entries, sys.stdout)
+"""
+
+
+def _indexed_entries(path: Path) -> tuple[list, str] | None:
+    """The entries of an archive and its rapidgzip index (a file in `index_folder`), from one pass in a child
+    process under an address-space limit (a decoder that runs out of memory ends the child, not this process);
+    None where that pass failed for any reason."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    threads = _threads()
+    limit = INDEXER_MEMORY + INDEXER_THREAD_MEMORY * threads
+    fd, index = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".index", dir=index_folder())
+    os.close(fd)
+
+    def limits():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    res = subprocess.run([sys.executable, "-c", _INDEXER, str(path), index, str(threads)], capture_output=True,
+                         preexec_fn=limits, env={**os.environ, "MALLOC_ARENA_MAX": "2"})
+    if res.returncode == 0:
+        try:
+            return json.loads(res.stdout), index
+        except ValueError:
+            pass
+    os.unlink(index)
+    return None
 
 
 def _damaged(path: Path, last: str | None, e: BaseException) -> H36MError:
@@ -250,13 +304,6 @@ def index_folder() -> Path:
         _index_dir = Path(tempfile.mkdtemp(prefix=f".h36m-index-{os.getpid()}-", dir=tmp))
         atexit.register(shutil.rmtree, _index_dir, True)
     return _index_dir
-
-
-def _export_index(stream, path: Path) -> str:
-    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".index", dir=index_folder())
-    with os.fdopen(fd, "wb") as fh:
-        stream.export_index(fh)
-    return name
 
 
 # ----------------------------------------------------------------------------------------- reading a member
