@@ -132,14 +132,16 @@ class _Bounded:
 
 
 def list_archive(path: str | Path) -> Listing:
-    """List an archive in one front-to-back pass and check that it decompresses to its end; gzip and bzip2 through
-    rapidgzip, which builds the archive's seek index in the same pass (`_indexed_entries`). Where that pass fails
+    """List an archive in one front-to-back pass and check that it decompresses to its end; gzip and bzip2 of at
+    least INDEX_MIN_BYTES through rapidgzip, which builds the archive's seek index in the same pass
+    (`_indexed_entries`). Where that pass fails
     (a damaged archive, or one whose data would expand past `INDEXER_MEMORY`), the archive is listed with Python's
     decoders, in bounded memory, whose error says whether it is truncated or damaged."""
     path = Path(path)
     try:
         kind = compression(path)
-        indexed = _indexed_entries(path) if rapidgzip is not None and kind in ("gzip", "bzip2") else None
+        indexed = (_indexed_entries(path) if rapidgzip is not None and kind in ("gzip", "bzip2")
+                   and path.stat().st_size >= INDEX_MIN_BYTES else None)
         if indexed is not None:
             entries, index = indexed
             listing = _list(path, kind, iter(entries))
@@ -190,60 +192,6 @@ def _list(path: Path, kind: str, entries: Iterator[tuple[str, int, int, bool]]) 
     return listing
 
 
-#: Address space of the process that lists an archive through rapidgzip, bytes (plus INDEXER_THREAD_MEMORY a
-#: thread): its decoder holds whole decoded chunks of 4 MiB of compressed data, which a hostile archive can make
-#: expand 1000-fold. An archive that needs more is listed with Python's decoders, without an index.
-INDEXER_MEMORY = 768 << 20
-INDEXER_THREAD_MEMORY = 128 << 20
-_INDEXER = """
-import json, sys, tarfile, rapidgzip
-path, index, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-class Bounded:
-    def __init__(self, stream): self.stream = stream
-    def read(self, n=-1):
-        data = self.stream.read(n)
-        if not data and n:
-            raise EOFError("unexpected end of data")
-        return data
-with rapidgzip.open(path, parallelization=threads) as stream:
-    with tarfile.open(fileobj=Bounded(stream), mode="r|") as tar:
-        entries = [[i.name, i.offset_data, i.size, i.isfile()] for i in tar]
-    while stream.read(1 << 20):
-        pass
-    with open(index, "wb") as fh:
-        stream.export_index(fh)
-json.dump(entries, sys.stdout)
-"""
-
-
-def _indexed_entries(path: Path) -> tuple[list, str] | None:
-    """The entries of an archive and its rapidgzip index (a file in `index_folder`), from one pass in a child
-    process under an address-space limit (a decoder that runs out of memory ends the child, not this process);
-    None where that pass failed for any reason."""
-    import json
-    import resource
-    import subprocess
-    import sys
-
-    threads = _threads()
-    limit = INDEXER_MEMORY + INDEXER_THREAD_MEMORY * threads
-    fd, index = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".index", dir=index_folder())
-    os.close(fd)
-
-    def limits():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    res = subprocess.run([sys.executable, "-c", _INDEXER, str(path), index, str(threads)], capture_output=True,
-                         preexec_fn=limits, env={**os.environ, "MALLOC_ARENA_MAX": "2"})
-    if res.returncode == 0:
-        try:
-            return json.loads(res.stdout), index
-        except ValueError:
-            pass
-    os.unlink(index)
-    return None
-
-
 def _damaged(path: Path, last: str | None, e: BaseException) -> H36MError:
     where = f"stops in or after member '{shown_name(last)}'" if last is not None else "no member readable"
     kind = "truncated" if isinstance(e, EOFError) or "unexpected end" in str(e) else "damaged"
@@ -284,6 +232,77 @@ def _reason(e: BaseException) -> str:
 
 def _threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+#: Archives smaller than this (compressed bytes) are read without an index: reading on from the last member costs
+#: less than starting the indexing process.
+INDEX_MIN_BYTES = 8 << 20
+#: Resident memory of the process that lists an archive through rapidgzip, bytes: its decoder holds whole decoded
+#: chunks of 4 MiB of compressed data, which a hostile archive can make expand 1000-fold. The process is ended when it
+#: holds more (looked at every INDEXER_POLL_S; address space is no bound: rapidgzip reserves about 1.3 GB a thread
+#: that it never touches), and the archive is listed with Python's decoders, without an index.
+INDEXER_MEMORY = 512 << 20
+INDEXER_POLL_S = 0.02
+_INDEXER = """
+import json, sys, tarfile, rapidgzip
+path, index, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+class Bounded:
+    def __init__(self, stream): self.stream = stream
+    def read(self, n=-1):
+        data = self.stream.read(n)
+        if not data and n:
+            raise EOFError("unexpected end of data")
+        return data
+with rapidgzip.open(path, parallelization=threads) as stream:
+    with tarfile.open(fileobj=Bounded(stream), mode="r|") as tar:
+        entries = [[i.name, i.offset_data, i.size, i.isfile()] for i in tar]
+    while stream.read(1 << 20):
+        pass
+    with open(index, "wb") as fh:
+        stream.export_index(fh)
+with open(index + ".json", "w") as fh:
+    json.dump(entries, fh)
+"""
+
+
+def _indexed_entries(path: Path) -> tuple[list, str] | None:
+    """The entries of an archive and its rapidgzip index (a file in `index_folder`), from one pass in a child
+    process whose memory is watched (a decoder that holds more than INDEXER_MEMORY is ended, not this process);
+    None where that pass failed for any reason."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    fd, index = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".index", dir=index_folder())
+    os.close(fd)
+    proc = subprocess.Popen([sys.executable, "-c", _INDEXER, str(path), index, str(_threads())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            if _resident(proc.pid) > INDEXER_MEMORY:
+                proc.kill()
+            time.sleep(INDEXER_POLL_S)
+        if proc.returncode == 0:
+            with open(index + ".json") as fh:
+                return json.load(fh), index
+    except (OSError, ValueError):
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        Path(index + ".json").unlink(missing_ok=True)
+    os.unlink(index)
+    return None
+
+
+def _resident(pid: int) -> int:
+    """Resident memory of process `pid`, bytes (0 where /proc cannot tell)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 # ----------------------------------------------------------------------------------------- seek indexes

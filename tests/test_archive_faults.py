@@ -202,3 +202,29 @@ def test_non_utf8_names_cost_only_that_file(small_release, tmp_path):
     assert any(f"{poses}:S1/MyPoseFeatures/D3_Positions/Eating\\xff 1.cdf" in n for n in notes), notes
     assert any(f"{folder}/Walking\\xfe 1.54138969.mp4" in n for n in notes), notes
     assert "1 extracted" in res.stdout
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz"])
+def test_members_read_in_any_order_equal_the_tar_bytes(tmp_path, kind, monkeypatch):
+    """Every member of an archive, read in reverse stream order through `local_file`, equals tarfile's extraction:
+    through the seek index its one listing pass built (gzip, bzip2), or read on from the stream's start (xz)."""
+    import random
+
+    from h36m.h36m_tools import archives
+
+    monkeypatch.setattr(archives, "INDEX_MIN_BYTES", 0)           # index even this small archive
+    rng = random.Random(0)
+    files = {f"S1/Videos/Walking {i}.54138969.mp4": rng.randbytes(rng.randrange(1, 1 << 19)) for i in range(6)}
+    path = tmp_path / f"Videos_S1.tar.{kind}"
+    with tarfile.open(path, f"w:{kind}") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    listing = archives.list_archive(path)
+    assert listing.problem is None and [m.name for m in listing.members] == list(files)
+    assert all((m.index is not None) == (kind != "xz") for m in listing.members)
+    for m in reversed(listing.members):
+        with archives.local_file(m, tmp_path) as copy:
+            assert copy.read_bytes() == files[m.name]
+    assert not list(tmp_path.glob(".member-*"))
