@@ -30,15 +30,15 @@ _AS_LIMIT = 4 * GIB          # address space: rapidgzip's and ffmpeg's threads r
 _FILE_LIMIT = 256 << 20      # no file the run writes may pass this: a 2 GiB member copied whole would be killed
 
 
-def run_bounded(*args, timeout: float = 120) -> tuple[subprocess.CompletedProcess, int]:
-    """`h36m ARGS...` under setrlimit (address space, file size) with a timeout; returns its result and its peak
-    resident memory in bytes (its own and its waited-for children's)."""
+def run_bounded(*args, timeout: float = 120, command=(H36M,)) -> tuple[subprocess.CompletedProcess, int]:
+    """`h36m ARGS...` (or `command ARGS...`) under setrlimit (address space, file size) with a timeout; returns its
+    result and its peak resident memory in bytes (its own and its waited-for children's)."""
     def limits():
         resource.setrlimit(resource.RLIMIT_AS, (_AS_LIMIT, _AS_LIMIT))
         resource.setrlimit(resource.RLIMIT_FSIZE, (_FILE_LIMIT, _FILE_LIMIT))
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([str(H36M), *map(str, args)], stdout=out, stderr=err, preexec_fn=limits,
+        proc = subprocess.Popen([*map(str, command), *map(str, args)], stdout=out, stderr=err, preexec_fn=limits,
                                 env={**os.environ, "COLUMNS": "80"})
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
@@ -228,3 +228,27 @@ def test_members_read_in_any_order_equal_the_tar_bytes(tmp_path, kind, monkeypat
         with archives.local_file(m, tmp_path) as copy:
             assert copy.read_bytes() == files[m.name]
     assert not list(tmp_path.glob(".member-*"))
+
+
+_LIST_INDEXED = """
+import sys
+from h36m.h36m_tools import archives
+archives.INDEX_MIN_BYTES = 0
+listing = archives.list_archive(sys.argv[1])
+print(listing.problem, [(m.name, m.size, m.index) for m in listing.members])
+"""
+
+
+def test_archive_that_expands_in_the_indexer_is_listed_in_bounded_memory(tmp_path):
+    """A 0.6 MB .tgz holding 640 MiB of zeros, given to the indexing pass (rapidgzip decodes it whole in memory): the
+    indexing process is ended past its memory bound (512 MiB) and Python's decoders list the archive, without an
+    index."""
+    import sys
+
+    path = tmp_path / "Videos_S1.tgz"
+    path.write_bytes(_bloated([(tarfile.TarInfo("S1/Videos/Walking 1.54138969.mp4"), b"")],
+                              "S1/Videos/Walking 1.54138969.mp4", 640 << 20, lambda b: gzip.compress(b, 9, mtime=0)))
+    res, peak = run_bounded(path, command=(sys.executable, "-c", _LIST_INDEXED), timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"None [('S1/Videos/Walking 1.54138969.mp4', {640 << 20}, None)]"
+    assert peak < 800 << 20, peak
