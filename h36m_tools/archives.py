@@ -1,14 +1,15 @@
 """Files inside the release's archives (`Videos_S1.tgz`, `Poses_D3_Positions_S1.tgz`, ...), read in place.
 
 An archive (a tar, compressed with gzip, bzip2, xz or not at all) is read front to back once, by `list_archive`:
-each regular member's name, data offset and size and, for gzip and bzip2 when `rapidgzip` is installed, an index of
-seek points that the same pass builds (rapidgzip's, written to a hidden file of this process, `index_folder`:
-about 1 % of the archive for video-like members). A member is then read by seeking to it through the index and
-copying its `size` bytes to a temporary file (`local_file`): the readers (cdflib, ffmpeg, h5py) need a real file,
-and an MP4 needs to seek. Reading every member of an archive this way costs about one more decompression pass in
-all, shared by the workers, and decodes with ISA-L (inside rapidgzip). Without an index (xz; or rapidgzip missing,
-then Python's gzip and bz2 decode) a process keeps its stream open and reads on when the next member lies ahead
-of it, and starts again from the archive's start when it lies behind.
+each regular member's name, data offset and size and, for gzip and bzip2 archives of INDEX_MIN_BYTES or more when
+`rapidgzip` is installed, an index of seek points that the same pass builds (rapidgzip's, in a child process whose
+memory is bounded, `_indexed_entries`; written to a hidden file of this process, `index_folder`: about 1 % of the
+archive for video-like members). A member is then read by seeking to it through the index and copying its `size`
+bytes to a temporary file (`local_file`): the readers (cdflib, ffmpeg, h5py) need a real file, and an MP4 needs to
+seek. Reading every member of an archive this way costs about one more decompression pass in all, shared by the
+workers, and decodes with ISA-L (inside rapidgzip). Without an index (xz, small archives, an archive whose indexing
+pass failed; or rapidgzip missing, then Python's gzip and bz2 decode) a process keeps its stream open and reads on
+when the next member lies ahead of it, and starts again from the archive's start when it lies behind.
 
 Sizes are checked before anything is copied or skipped: a member's size against what the compressed file can hold
 (`MAX_RATIO`: deflate writes at most 1032 bytes a compressed byte; an uncompressed tar holds no more than its own
