@@ -272,6 +272,8 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
                   f"{len(todo)} sequences to do ({frames} pose frames)",
                   soft_wrap=True, markup=False)
     console.print(_extract_plan_table(plan))
+    for line in plan.left_out:
+        click.echo(f"note: {line}")
     results = []
     if todo:
         with _progress(console) as progress:

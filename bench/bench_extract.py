@@ -1,6 +1,7 @@
 """Benchmark of `h36m extract` against its baselines, measured in one run on the same synthetic videos.
 
     .venv/bin/python bench/bench_extract.py [--scale 1.0] [--frames 900] [--noise 8] [--repeat 3] [--work DIR]
+    .venv/bin/python bench/bench_extract.py --archives 12,24 [--pad-mb 16] [--repeat 3] [--workers 2] [--work DIR]
 
 Defaults chosen to look like the real release: 1000 x 1000 frames; 900 frames per camera (the shortest real
 sequence has 871, the median 2479: `../shared/h36m/sequences.json`), so fixed start-up costs weigh no more than
@@ -14,6 +15,14 @@ Measures (best of --repeat, one worker / one decoder thread each, so the numbers
                   then cropped on load (read + decode + warp to the crop size), timed separately.
 Frames are video frames decoded. CPU time counts this process and its children (ffmpeg). Prints a Markdown table
 of times, frames/s, frames per CPU-second, ratios to bare decode, and disk use.
+
+--archives N,M,...: the cost of reading the release from its downloaded archives. For each N, one subject of N
+sequences (4N videos, small synthetic frames) whose every video is padded to --pad-mb MB with an MP4 `free` box of
+real H.264 bytes (noise video: gzip saves under 2 % of it, as on real videos; the padding is never decoded), written
+as the unpacked tree and as the official archives (`Videos_S1.tgz`, gzip -6). Measured in one run, min / median /
+max of --repeat: extract from the tree, extract from the archives (same --workers), and one decompression pass of
+`Videos_S1.tgz` with Python's gzip, `gzip -dc`, and rapidgzip (the inflater extract uses). Overhead = archives -
+tree; the target is overhead <= 2 passes, and linear in N.
 """
 from __future__ import annotations
 
@@ -59,7 +68,12 @@ def main(argv=None) -> None:
     ap.add_argument("--quality", type=int, default=90)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None, help="keep the release and outputs here (reused if present)")
+    ap.add_argument("--archives", default=None, help="N,M,...: the archives row, with N sequences (4N videos)")
+    ap.add_argument("--pad-mb", type=float, default=16.0, help="--archives: each video padded to this size")
+    ap.add_argument("--workers", type=int, default=2, help="--archives: extract workers")
     args = ap.parse_args(argv)
+    if args.archives:
+        return archives_row(args)
 
     import cv2
     import numpy as np
@@ -169,6 +183,134 @@ def main(argv=None) -> None:
           f"| full-frame JPEG | {full_bytes / 1e6:.2f} | {full_bytes / n_frames / 1e3:.1f} | 1 |\n"
           f"| extract (Parquet, crops + annotations) | {ext_bytes / 1e6:.2f} | {ext_bytes / n_frames / 1e3:.1f} | "
           f"{ext_bytes / full_bytes:.3f} |")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _pad_video(path: Path, size: int, payload: bytes, offset: int) -> None:
+    """Append an MP4 `free` box so the file is `size` bytes: ignored by every reader, filled with `payload` bytes
+    from `offset` on (wrapping)."""
+    import struct
+
+    need = size - path.stat().st_size - 8
+    if need <= 0:
+        return
+    data = (payload[offset % len(payload):] + payload) * (need // len(payload) + 2)
+    with open(path, "ab") as fh:
+        fh.write(struct.pack(">I", need + 8) + b"free" + data[:need])
+
+
+def _h264_payload(work: Path, mb: float) -> bytes:
+    """Real H.264 bytes (a noise video, ultrafast, CRF 18) of about `mb` MB: what a video member holds."""
+    import subprocess
+
+    from h36m.h36m_tools.video import ffmpeg_binary
+
+    path = work / "noise.h264"
+    if not path.is_file() or path.stat().st_size < mb * 1e6:
+        frames = int(mb * 1e6 / 140e3) + 25
+        subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i",
+                        "testsrc2=size=640x480:rate=50,noise=alls=20:allf=t", "-frames:v", str(frames),
+                        "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-f", "h264", str(path)],
+                       check=True)
+    return path.read_bytes()
+
+
+def _stats(times: list[float]) -> str:
+    import statistics
+
+    return f"{min(times):.2f} / {statistics.median(times):.2f} / {max(times):.2f}"
+
+
+def archives_row(args) -> None:
+    """The archives row: see the module docstring (--archives)."""
+    import os
+    import statistics
+    import subprocess
+    import gzip
+
+    from h36m.h36m_tools import archives
+    from h36m.pipelines.extract.extract import run_extract
+    from h36m.pipelines.extract.plan import ExtractConfig
+    from h36m.pipelines.synth.release import SynthConfig, run_synth, write_layout
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_archives_"))
+    work.mkdir(parents=True, exist_ok=True)
+    pad = int(args.pad_mb * 1e6)
+    payload = _h264_payload(work, args.pad_mb * 2)
+    rows = []
+    for n in (int(x) for x in args.archives.split(",")):
+        base = work / f"synth_s{n}"
+        if not base.is_dir():
+            run_synth(SynthConfig(out=base, subjects=("S1",), sequences_per_subject=n, frames=50, scale=0.25,
+                                  quirks=False, workers=2))
+        tree, raw = work / f"tree_s{n}_pad{args.pad_mb:g}", work / f"archives_s{n}_pad{args.pad_mb:g}"
+        if not raw.is_dir():
+            shutil.rmtree(tree, ignore_errors=True)
+            shutil.copytree(base, tree, ignore=lambda d, names: [x for x in names if x.endswith(".json")])
+            for i, v in enumerate(sorted(tree.glob("S1/Videos/*.mp4"))):
+                _pad_video(v, pad, payload, i * 7_919_000)
+            t = time.perf_counter()
+            write_layout(tree, raw, "archives")
+            print(f"{n} sequences: archives written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        videos = raw / "Videos_S1.tgz"
+        members = len(list(tree.glob("S1/Videos/*.mp4")))
+
+        def extract(src):
+            out = work / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            res = run_extract(ExtractConfig(raw=src, out=out, size=64, workers=args.workers))
+            wall = time.perf_counter() - t
+            assert all(r.status == "done" for r in res), [r.reason for r in res if r.status != "done"]
+            return wall
+
+        def python_gzip():
+            t = time.perf_counter()
+            with gzip.open(videos) as fh:
+                while fh.read(1 << 20):
+                    pass
+            return time.perf_counter() - t
+
+        def gzip_dc():
+            t = time.perf_counter()
+            subprocess.run(f"gzip -dc '{videos}' > /dev/null", shell=True, check=True)
+            return time.perf_counter() - t
+
+        def rapid():
+            t = time.perf_counter()
+            with archives.rapidgzip.open(str(videos), parallelization=archives._threads()) as fh:
+                while fh.read(1 << 20):
+                    pass
+            return time.perf_counter() - t
+
+        times = {k: [] for k in ("tree", "archives", "python gzip", "gzip -dc", "rapidgzip")}
+        for _ in range(args.repeat):          # interleaved, so a change of load touches every column alike
+            times["tree"].append(extract(tree))
+            times["archives"].append(extract(raw))
+            times["python gzip"].append(python_gzip())
+            times["gzip -dc"].append(gzip_dc())
+            times["rapidgzip"].append(rapid())
+        over = [a - t for a, t in zip(times["archives"], times["tree"])]
+        index = max(p.stat().st_size for p in archives.index_folder().glob("Videos_S1.tgz.*"))
+        rows.append((n, members, videos.stat().st_size, times, over, index))
+        for p in archives.index_folder().glob("*"):
+            p.unlink()
+    load = os.getloadavg()
+    print(f"\nload average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) on {os.cpu_count()} CPUs; "
+          f"extract --workers {args.workers}; wall s, min / median / max of {args.repeat} interleaved rounds\n")
+    print("| sequences | video members | Videos_S1.tgz MB | tree | archives | overhead (archives - tree) | "
+          "Python gzip pass | gzip -dc pass | rapidgzip pass | overhead / Python gzip pass | index MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, members, size, times, over, index in rows:
+        ratio = statistics.median(over) / statistics.median(times["python gzip"])
+        print(f"| {n} | {members} | {size / 1e6:.0f} | {_stats(times['tree'])} | {_stats(times['archives'])} | "
+              f"{_stats(over)} | {_stats(times['python gzip'])} | {_stats(times['gzip -dc'])} | "
+              f"{_stats(times['rapidgzip'])} | {ratio:.2f} | {index / 1e6:.1f} |")
+    if len(rows) > 1:
+        (n0, *_, o0, _), (n1, *_, o1, _) = rows[0], rows[-1]
+        print(f"\n{n1 / n0:g}x the members: {statistics.median(o1) / statistics.median(o0):.2f}x the overhead "
+              f"(medians)")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from .archives import Member, is_archive, list_archive, subject_in_name
+from .archives import Member, is_archive, is_utf8, list_archive, shown_name, subject_in_name
 from .cameras import CAMERA_IDS
 from .errors import H36MError
 
@@ -195,20 +195,24 @@ class _Found:
         seq.layouts.add(layout)
 
 
-def _scan_folders(found: _Found, sdir: Path) -> None:
+def _scan_folders(found: _Found, sdir: Path, left_out: list[str]) -> None:
     fetch = any((sdir / f).is_dir() for f in _FETCH_FOLDERS)       # Videos/ is in both trees
     for folder in (*_FOLDERS, *_FETCH_FOLDERS):
         layout = "h36m-fetch" if folder in _FETCH_FOLDERS or (fetch and not folder.startswith("My")) else "unpacked"
         d = sdir / folder
         if d.is_dir():
             for p in sorted(d.iterdir()):
-                if p.is_file():
+                if not is_utf8(p.name):
+                    left_out.append(f"{d}/{shown_name(p.name)}: name is not valid UTF-8; file left out")
+                elif p.is_file():
                     found.add(sdir.name, folder, p.name, p, layout)
 
 
-def _scan_archive(found: _Found, path: Path, wanted) -> dict[str, str]:
+def _scan_archive(found: _Found, path: Path, wanted, left_out: list[str]) -> dict[str, str]:
     """Add an archive's members; returns {subject: problem line} when the archive is damaged."""
-    members, problem = list_archive(path)
+    listing = list_archive(path)
+    members, problem = listing.members, listing.problem
+    left_out += listing.skipped
     subjects = set()
     for m in members:
         parts = PurePosixPath(m.name).parts
@@ -227,7 +231,7 @@ def _scan_archive(found: _Found, path: Path, wanted) -> dict[str, str]:
     return {s: str(problem) for s in subjects if wanted is None or s in wanted}
 
 
-def discover(root: str | Path, subjects=None) -> list[SequenceFiles]:
+def discover(root: str | Path, subjects=None, left_out: list[str] | None = None) -> list[SequenceFiles]:
     """Every sequence present under an H36M release folder, sorted by subject number then name.
 
     Three layouts, mixed freely: the official tree (`S1/MyPoseFeatures/D3_Positions/...`, `S1/Videos/...`); the
@@ -235,23 +239,25 @@ def discover(root: str | Path, subjects=None) -> list[SequenceFiles]:
     the downloaded archives themselves in ROOT (`Videos_S1.tgz`, `Poses_D3_Positions_S1.tgz`, ...: their members are
     the official tree's paths), read in place. A file found unpacked is preferred to the same file in an archive.
     A sequence is present if any of its pose files or videos is. A damaged (truncated) archive is listed as far as
-    it reads, and its subject's sequences carry the problem (`SequenceFiles.problems`). Raises H36MError if the
-    folder is missing or holds no H36M content.
+    it reads, and its subject's sequences carry the problem (`SequenceFiles.problems`). A file or member whose name
+    is not valid UTF-8 is left out, with one line naming it appended to `left_out`. Raises H36MError if the folder
+    is missing or holds no H36M content.
     """
     root = Path(root)
     if not root.is_dir():
         raise H36MError(root, "folder not found")
     wanted = set(subjects) if subjects is not None else None
+    left_out = [] if left_out is None else left_out
     dirs = sorted((p for p in root.iterdir() if p.is_dir() and _SUBJECT_RE.match(p.name)
                    and (wanted is None or p.name in wanted)), key=lambda p: subject_order(p.name))
     archives = sorted(p for p in root.iterdir() if is_archive(p)
                       and (wanted is None or subject_in_name(p) in (None, *wanted)))
     found = _Found(root)
     for sdir in dirs:
-        _scan_folders(found, sdir)
+        _scan_folders(found, sdir, left_out)
     problems: dict[str, list[str]] = {}
     for path in archives:
-        for subject, line in _scan_archive(found, path, wanted).items():
+        for subject, line in _scan_archive(found, path, wanted, left_out).items():
             problems.setdefault(subject, []).append(line)
     if not found.seqs and not problems:
         what = "no sequence of the chosen subjects" if subjects is not None else \

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from h36m.h36m_tools.errors import H36MError
+from h36m.h36m_tools.processes import alive as _alive
 
 
 def temporary_name(path: Path) -> Path:
@@ -38,22 +39,6 @@ def remove_stale_temporaries(folder: str | os.PathLike, pattern: str = "*") -> l
             except OSError:
                 pass
     return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs: it exists and is not a zombie (a killed worker whose parent died stays a zombie
-    until init reaps it, which in a container may be never)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:       # another user's process has the pid
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:               # no /proc (not Linux): existing is running
-        return True
-    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
 
 
 @contextmanager

@@ -97,6 +97,7 @@ class Plan:
     """The sequences found for the chosen subjects and what this run does with each."""
     config: ExtractConfig
     sequences: list[PlannedSequence] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)      # files not read, one line each (names.discover)
 
     @property
     def todo(self) -> list[PlannedSequence]:
@@ -140,9 +141,9 @@ def pose_frames(path: Path | Member | None) -> int | None:
 def make_plan(cfg: ExtractConfig, is_done=None) -> Plan:
     """Discover the sequences of the chosen subjects, take this part's share (round robin over the sorted list, so
     every part of the same command agrees) and mark those already extracted (`is_done(key) -> bool`)."""
-    found = discover(Path(cfg.raw).resolve(), cfg.subjects)
-    i, n = cfg.part
     plan = Plan(cfg)
+    found = discover(Path(cfg.raw).resolve(), cfg.subjects, plan.left_out)
+    i, n = cfg.part
     for k, files in enumerate(found):
         if k % n != i - 1:
             status = "other part"

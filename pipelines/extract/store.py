@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from h36m.pipelines.files import remove_stale_temporaries, write_atomic
+from h36m.h36m_tools.archives import remove_stale_copies
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import camera_order, sequence_order, subject_order
 
@@ -95,10 +96,13 @@ def _open_lock(out: Path):
 
 def prepare(out: Path) -> None:
     """Make the output folder and check it can be written (its lock file), before any work is done; remove the
-    temporary files a killed run left behind."""
+    temporary files and archive member copies a killed run left behind (here and in the system's temporary
+    folder)."""
     _open_lock(out).close()
+    remove_stale_copies()
     for folder in [Path(out), *sorted(p for p in Path(out).glob("S*") if p.is_dir())]:
         remove_stale_temporaries(folder)
+        remove_stale_copies(folder)
 
 
 @contextmanager
