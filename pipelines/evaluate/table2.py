@@ -20,6 +20,8 @@ frame counts once (the lifting rows count a frame once per camera: the same per-
 all its views).
 Per action: frames pooled over subactions, subjects and cameras; Avg = the unweighted mean of the action errors;
 All = the mean over all counted frames. `every` N counts only frames whose index is a multiple of N;
+S11 `Directions` is never counted: VideoPose3D's data leaves it out (interchange.npzfile.VP3D_DROPPED), and with it
+the published tables, so a row of ground-truth 2-D and a row of an exported file count the same frames.
 `exclude_damaged` drops h36m_tools.names.DAMAGED. A source lacking some views is evaluated on those it has (the
 report lists how many frames each row counts).
 """
@@ -36,6 +38,7 @@ from h36m.h36m_tools import metrics as M
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import ACTIONS, DAMAGED, TEST_SUBJECTS, parse_subjects, subject_order
 from h36m.pipelines.evaluate.evaluate import MEAN_POSE, Row3D, _row, is_damaged, method_name
+from h36m.pipelines.interchange.npzfile import VP3D_DROPPED
 
 TABLE2_METRICS = ("MPJPE", "P-MPJPE")
 #: The triangulation rows' extra metric: MPJPE of world joints without any alignment, mm.
@@ -187,10 +190,10 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
 
 
 def _counted(cfg: LiftEvalConfig, subject: str, sequence: str, frames: np.ndarray) -> np.ndarray:
-    """(N,) bool: the frames of a sequence Table II counts (index a multiple of cfg.every; none of a damaged
-    sequence when cfg.exclude_damaged)."""
+    """(N,) bool: the frames of a sequence Table II counts (index a multiple of cfg.every; none of a sequence
+    VideoPose3D's data leaves out, nor of a damaged sequence when cfg.exclude_damaged)."""
     keep = frames % cfg.every == 0
-    if cfg.exclude_damaged and is_damaged(subject, sequence):
+    if (subject, sequence.replace("_", " ")) in VP3D_DROPPED or cfg.exclude_damaged and is_damaged(subject, sequence):
         keep[:] = False
     return keep
 
