@@ -29,12 +29,59 @@ def _fail(message: str, code: int = 1):
     sys.exit(code)
 
 
-def _progress(console):
+def _progress(console, *fields: str, unit: str = ""):
+    """The CLI's one progress display. On a terminal, a rich bar (with `fields`: extra columns, rich TextColumn
+    templates such as "loss {task.fields[loss]}"). Elsewhere (a scheduler's log file, `| tee`) a plain line every
+    H36M_PROGRESS_EVERY seconds (default 30) while work advances: done/total `unit` (the description's, if none),
+    rate, the fields, elapsed and time left, e.g. `epoch 3/20: 81/540 steps (15 %), 2.31 steps/s, loss 0.1234, 0:00:35 elapsed, 0:03:19 left`."""
+    import os
+    import time
+
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
+    every = float(os.environ.get("H36M_PROGRESS_EVERY") or 30)
+
+    class _Logged(Progress):
+        last = time.monotonic()
+
+        def update(self, task_id, **kwargs) -> None:
+            super().update(task_id, **kwargs)
+            self._log(task_id)
+
+        def advance(self, task_id, advance: float = 1) -> None:
+            super().advance(task_id, advance)
+            self._log(task_id)
+
+        def _log(self, task_id) -> None:
+            now = time.monotonic()
+            if console.is_terminal or not self.live.is_started or now - self.last < every:
+                return
+            self.last = now
+            task = self._tasks[task_id]
+            units = f" {unit}" if unit else ""
+            parts = [f"{task.completed:.0f}/{task.total:.0f}{units} ({task.percentage:.0f} %)" if task.total
+                     else f"{task.completed:.0f}{units}"]
+            if task.speed:
+                parts.append(f"{task.speed:.2f}{units}/s" if task.speed < 100 else f"{task.speed:.0f}{units}/s")
+            parts += [f.format(task=task) for f in fields]
+            parts.append(f"{_clock(task.elapsed)} elapsed")
+            if task.time_remaining is not None:
+                parts.append(f"{_clock(task.time_remaining)} left")
+            console.print(f"{Text.from_markup(task.description).plain}: {', '.join(parts)}", markup=False,
+                          highlight=False, soft_wrap=True)
+
+    from rich.text import Text
+
+    return _Logged(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   *(TextColumn(f) for f in fields), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                   transient=False)
+
+
+def _clock(seconds) -> str:
+    """Seconds as H:MM:SS."""
+    s = int(seconds or 0)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def _late_progress(console, label: str):
@@ -371,13 +418,8 @@ def _openmp_env():
 def _train_progress(console):
     """A rich progress bar fed by h36m.pipelines.train.loop.TrainEvent (loss, lr, images/s, share of time waiting
     for data)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-                        TextColumn("{task.fields[ips]} img/s"), TextColumn("wait {task.fields[wait]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    progress = _progress(console, "loss {task.fields[loss]}", "lr {task.fields[lr]}", "{task.fields[ips]} img/s",
+                         "wait {task.fields[wait]}", unit="steps")
     state = {}
 
     def on_event(e):
