@@ -33,7 +33,8 @@ def _progress(console, *fields: str, unit: str = ""):
     """The CLI's one progress display. On a terminal, a rich bar (with `fields`: extra columns, rich TextColumn
     templates such as "loss {task.fields[loss]}"). Elsewhere (a scheduler's log file, `| tee`) a plain line every
     H36M_PROGRESS_EVERY seconds (default 30) while work advances: done/total `unit` (the description's, if none),
-    rate, the fields, elapsed and time left, e.g. `epoch 3/20: 81/540 steps (15 %), 2.31 steps/s, loss 0.1234, 0:00:35 elapsed, 0:03:19 left`."""
+    rate, the fields, elapsed and time left, e.g.
+    `epoch 3/20: 81/540 steps (15 %), 2.31 steps/s, loss 0.1234, 0:00:35 elapsed, 0:03:19 left`."""
     import os
     import time
 
@@ -139,10 +140,6 @@ def device_option(default: str | None = None):
                         show_default=default is not None, help="Where the network runs (auto: a GPU if present).")
 
 
-def sequences_per_subject_option(f):
-    return click.option("--sequences-per-subject", default=3, show_default=True, type=click.IntRange(1, 30))(f)
-
-
 def actions_option(default: str | None, help: str):
     return click.option("--actions", default=default, show_default=default is not None, help=help)
 
@@ -177,9 +174,10 @@ def main():
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @subjects_option("S1,S5,S9,S11", "Comma-separated subjects.")
-@sequences_per_subject_option
-@actions_option(None, "Comma-separated actions every subject performs, as in the real release (e.g. "
-                "Directions,Eating,Walking) [default: --sequences-per-subject actions spread over the subjects].")
+@actions_option(None, "Comma-separated actions every subject performs, as in the real release [default: "
+                "Directions,Eating,Walking].")
+@click.option("--sequences-per-subject", type=click.IntRange(1, 30), help="Instead of --actions: this many actions "
+              "per subject, spread over the subjects (more actions, each seen by fewer subjects).")
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(2), help="Pose frames per sequence.")
 @click.option("--scale", default=0.25, show_default=True, type=click.FloatRange(0.05, 1.0),
               help="Video size as a fraction of the real 1000x1000 / 1000x1002.")
@@ -726,7 +724,8 @@ def export(src, out, subjects):
 @main.command()
 @click.option("--out", default="h36m-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @subjects_option("S1,S5,S9,S11", "Training and test (S9, S11) subjects.")
-@actions_option("Directions,Eating,Walking", "Comma-separated actions every subject performs.")
+@actions_option(None, "Comma-separated actions every subject performs [default: synth's, "
+                "Directions,Eating,Walking].")
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(16), help="Frames per sequence.")
 @click.option("--epochs-2d", default=24, show_default=True, type=click.IntRange(1))
 @click.option("--epochs-lift", default=6, show_default=True, type=click.IntRange(1))
