@@ -165,8 +165,9 @@ def main():
     Typical flow:
       h36m synth RAW                      # or use your own H36M tree as RAW
       h36m extract RAW EXTRACTED
-      h36m shard EXTRACTED SHARDS --frames 128
-      h36m train --shards 'SHARDS/train-{000000..000009}.tar' --out RUN
+      h36m shard EXTRACTED SHARDS --frames 128 --split train
+      h36m shard EXTRACTED SHARDS --frames 128 --split test --no-shuffle --tail pad
+      h36m train --shards 'SHARDS/train-*.tar' --out RUN
       h36m evaluate --run RUN --shards 'SHARDS/test-*.tar'
     """
 
@@ -443,7 +444,10 @@ def _train_progress(console):
 @click.option("--shards", help="Training shard URLs: paths, brace patterns ('SH/train-{000000..000009}.tar'), "
               "globs, pipe:..., http(s)://...")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
-@click.option("--preset", help="Model preset: tiny (64 px, CPU) or paper (Swin-T 224) [default: tiny].")
+@click.option("--preset", help="Model preset: tiny (64 px crops, CPU-sized, its own short recipe), paper (Swin-T "
+              "224, the paper's recipe), paper_f8, paper_f32, paper_f128 (clip frames), paper_rf9, paper_rf27 (the "
+              "lifter's receptive field), paper_baseline, paper_no_time, paper_no_3d (the paper's ablations) "
+              "[default: tiny].")
 @click.option("--stage", type=click.Choice(["2d", "lift", "joint"]), help="What to train [default: 2d].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file of TrainConfig fields (and [model] overrides); options given here win.")
