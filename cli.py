@@ -665,8 +665,10 @@ def predict(run_dir, shards, out, flip, batch_size, workers, device):
         res = run_predict(cfg, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     for key, why in res.skipped.items():
         click.echo(f"left out {key}: {why}")
+    held = f"; {res.held} past the last clip hold its last frame" if res.held else ""
     console.print(f"[green]done[/]: {res.clips} clips -> {res.sequences} sequences x 4 cameras, {res.frames} "
-                  f"(view, frame) predictions{' (flip-averaged)' if flip else ''} in {_lit(res.out)}", soft_wrap=True)
+                  f"(view, frame) predictions{' (flip-averaged)' if flip else ''}{held} in {_lit(res.out)}",
+                  soft_wrap=True)
 
 
 @main.command()

@@ -66,9 +66,14 @@ class Clip:
         return int(self.pose3d.shape[0])
 
 
+def sequence_key(subject: str, sequence: str) -> str:
+    """`('S1', 'Directions 1')` -> `'S1/Directions_1'` (the clip keys' prefix; the index's sequence_frames keys)."""
+    return f"{subject}/{sequence.replace(' ', '_')}"
+
+
 def clip_key(subject: str, sequence: str, start: int) -> str:
     """`('S1', 'Directions 1', 128)` -> `'S1/Directions_1/000128'`."""
-    return f"{subject}/{sequence.replace(' ', '_')}/{int(start):06d}"
+    return f"{sequence_key(subject, sequence)}/{int(start):06d}"
 
 
 def _npy(a: np.ndarray) -> bytes:
