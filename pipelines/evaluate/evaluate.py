@@ -230,8 +230,9 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
     from h36m.pipelines.loader.loader import batch_crop_size
     from h36m.pipelines.train.pose_stats import PoseStats
 
-    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
-                       else "cpu")
+    from h36m.pipelines.device import torch_device
+
+    dev = torch_device(cfg.device)
     net, state = load_network(cfg.run, dev)
     stats = PoseStats.from_state(state.get("stats"))
     if stats.count == 0:
