@@ -733,8 +733,8 @@ def export(src, out, subjects):
 @actions_option(None, "Comma-separated actions every subject performs [default: synth's, "
                 "Directions,Eating,Walking].")
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(16), help="Frames per sequence.")
-@click.option("--epochs-2d", default=24, show_default=True, type=click.IntRange(1))
-@click.option("--epochs-lift", default=6, show_default=True, type=click.IntRange(1))
+@click.option("--epochs-2d", type=click.IntRange(1), help="[default: the tiny recipe's].")
+@click.option("--epochs-lift", type=click.IntRange(1), help="[default: the tiny lift recipe's].")
 def demo(out, subjects, actions, frames, epochs_2d, epochs_lift):
     """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d) ->
     predict (whole sequences) -> train lift (whole sequences, predicted 2-D) -> Table II on S9/S11 against a mean-pose
