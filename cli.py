@@ -34,7 +34,8 @@ def _progress(console, *fields: str, unit: str = ""):
     templates such as "loss {task.fields[loss]}"). Elsewhere (a scheduler's log file, `| tee`) a plain line every
     H36M_PROGRESS_EVERY seconds (default 30) while work advances: done/total `unit` (the description's, if none),
     rate, the fields, elapsed and time left, e.g.
-    `epoch 3/20: 81/540 steps (15 %), 2.31 steps/s, loss 0.1234, 0:00:35 elapsed, 0:03:19 left`."""
+    `epoch 3/20: 81/540 steps (15 %), 2.31 steps/s, loss 0.1234, 0:00:35 elapsed, 0:03:19 left`; when it stops, the
+    last state once more (unless just printed) instead of a bar."""
     import os
     import time
 
@@ -45,6 +46,7 @@ def _progress(console, *fields: str, unit: str = ""):
 
     class _Logged(Progress):
         last = time.monotonic()
+        logged: dict = {}
 
         def update(self, task_id, **kwargs) -> None:
             super().update(task_id, **kwargs)
@@ -54,12 +56,19 @@ def _progress(console, *fields: str, unit: str = ""):
             super().advance(task_id, advance)
             self._log(task_id)
 
-        def _log(self, task_id) -> None:
+        def stop(self) -> None:
+            if not console.is_terminal and self.live.is_started:     # the last state, once, as a line
+                for task_id in self.task_ids:
+                    self._log(task_id, final=True)
+            super().stop()
+
+        def _log(self, task_id, final: bool = False) -> None:
             now = time.monotonic()
-            if console.is_terminal or not self.live.is_started or now - self.last < every:
-                return
-            self.last = now
             task = self._tasks[task_id]
+            if console.is_terminal or not self.live.is_started or (now - self.last < every and not final) or \
+                    (final and self.logged.get(task_id) == task.completed):
+                return
+            self.last, self.logged[task_id] = now, task.completed
             units = f" {unit}" if unit else ""
             parts = [f"{task.completed:.0f}/{task.total:.0f}{units} ({task.percentage:.0f} %)" if task.total
                      else f"{task.completed:.0f}{units}"]
@@ -76,7 +85,7 @@ def _progress(console, *fields: str, unit: str = ""):
 
     return _Logged(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    *(TextColumn(f) for f in fields), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                   transient=False)
+                   transient=not console.is_terminal)      # not a terminal: lines only, no bar cut at 80 columns
 
 
 def _clock(seconds) -> str:
