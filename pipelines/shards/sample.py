@@ -66,13 +66,10 @@ class Clip:
         return int(self.pose3d.shape[0])
 
 
-def sequence_key(subject: str, sequence: str) -> str:
-    """`('S1', 'Directions 1')` -> `'S1/Directions_1'` (the clip keys' prefix; the index's sequence_frames keys)."""
-    return f"{subject}/{sequence.replace(' ', '_')}"
-
-
 def clip_key(subject: str, sequence: str, start: int) -> str:
     """`('S1', 'Directions 1', 128)` -> `'S1/Directions_1/000128'`."""
+    from h36m.h36m_tools.names import sequence_key
+
     return f"{sequence_key(subject, sequence)}/{int(start):06d}"
 
 

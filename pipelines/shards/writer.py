@@ -21,10 +21,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.names import subject_order
+from h36m.h36m_tools.names import sequence_key, subject_order
 from h36m.pipelines.files import remove_stale_temporaries, sha256_file, temporary_name, write_atomic
 from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, MAX_FRAMES, SHARD_RE, SPLITS, TAILS, Clip, clip_key,
-                                          encode_clip, json_bytes, sequence_key)
+                                          encode_clip, json_bytes)
 from h36m.pipelines.workers import die_with_parent
 
 # ----------------------------------------------------------------------------------------- tar writing
