@@ -13,19 +13,36 @@ from pathlib import Path
 import click
 
 
-def _console():
+def _printable(text: str) -> str:
+    """`text` with its control characters escaped (a name from a file or a shard cannot move the cursor, recolour the
+    terminal or break a line), and the bytes of a file name that are not UTF-8 shown as `\\xNN`."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff"
+                   else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """A plain line, escaped (`_printable`)."""
+    click.echo(_printable(text), err=err)
+
+
+def _console(stderr: bool = False):
+    """The rich console of a command; every string it prints is escaped (`_printable`) before its markup is read."""
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    class _Escaping(Console):
+        def render_str(self, text: str, **kwargs):
+            return super().render_str(_printable(text), **kwargs)
+
+    return _Escaping(stderr=stderr, highlight=False, soft_wrap=stderr)
 
 
 def _fail(message: str, code: int = 1):
-    from rich.console import Console
-
     from rich.markup import escape
 
     # soft_wrap: one line whatever the terminal width (messages name long paths); escape: paths may hold '['
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
     sys.exit(code)
 
 
@@ -113,24 +130,35 @@ def _lit(value) -> str:
     """`value` as text that rich markup prints literally (a path may hold `[`)."""
     from rich.markup import escape
 
-    return escape(str(value))
+    return escape(_printable(str(value)))
 
 
 class _Group(click.Group):
     """Turns the library's errors into one-line messages instead of tracebacks: H36MError and ValueError (bad input
-    files, bad options; an H36MError names its file) and OSError (with the file it names)."""
+    files, bad options; an H36MError names its file) and OSError (with the file it names). With `h36m --debug` or
+    H36M_DEBUG=1 the traceback behind the line is printed first."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ValueError as e:
-            _fail(str(e))
+            _fail(_debug(ctx, str(e)))
         except OSError as e:
-            _fail(f"{e.filename}: {e.strerror or e}" if e.filename else str(e))
+            _fail(_debug(ctx, f"{e.filename}: {e.strerror or e}" if e.filename else str(e)))
         except MemoryError:
-            _fail("out of memory")
+            _fail(_debug(ctx, "out of memory"))
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail(_debug(ctx, "interrupted"), 130)
+
+
+def _debug(ctx, message: str) -> str:
+    """`message`, after the traceback of the exception being handled where --debug or H36M_DEBUG=1 asks for it."""
+    import os
+    import traceback
+
+    if ctx.params.get("debug") or os.environ.get("H36M_DEBUG", "") not in ("", "0"):
+        traceback.print_exc()
+    return message
 
 
 # ----- options several commands share ---------------------------------------------------------------------------
@@ -167,7 +195,8 @@ def batch_size_option(default: int | None = None, help: str = "Clips per process
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="h36m")
-def main():
+@click.option("--debug", is_flag=True, help="Print the traceback behind a one-line error (or set H36M_DEBUG=1).")
+def main(debug):
     """h36m: from the raw Human3.6M release to a trained, evaluated multi-view 3-D pose model.
 
     \b
@@ -309,12 +338,12 @@ def extract(raw, out, subjects, size, margin, bbox, quality, cameras_file, min_v
         console.print(_extract_summary_table(results))
     for r in results:
         if r.status == "skipped":
-            click.echo(f"skipped {r.key}: {r.reason}")
+            _echo(f"skipped {r.key}: {r.reason}")
         for note in r.notes:
-            click.echo(f"note {r.key}: {note}")
+            _echo(f"note {r.key}: {note}")
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        click.echo(f"error: {r.key}: {r.reason}", err=True)
+        _echo(f"error: {r.key}: {r.reason}", err=True)
     done = [r for r in results if r.status == "done"]
     console.print(f"{len(done)} extracted ({sum(r.frames for r in done)} frames), "
                   f"{sum(r.status == 'skipped' for r in results)} skipped, {len(failed)} failed; "
@@ -359,7 +388,7 @@ def shard(extracted, out, frames, stride, split, subjects, shard_mb, shuffle_see
                   f"clips of {frames} frames every {cfg.step} from {len(plan.sequences)} sequences, tail {tail}, "
                   f"shards <= {shard_mb:g} MB", soft_wrap=True, markup=False)
     for path, reason in plan.skipped.items():
-        click.echo(f"skipped {path}: {reason}", err=True)
+        _echo(f"skipped {path}: {reason}", err=True)
     with _progress(console) as progress:
         task = progress.add_task("clips", total=len(plan.clips))
         res = write_shards(cfg, on_progress=lambda ev: progress.update(task, completed=ev.clips), plan=plan)
@@ -389,7 +418,7 @@ def verify(shards, no_decode, workers):
         report = run_verify(paths, decode=not no_decode, workers=workers,
                             on_progress=lambda ev: progress.advance(task))
     for p in report.problems:
-        click.echo(f"problem: {p}")
+        _echo(f"problem: {p}")
     if report.ok:
         console.print(f"[green]ok[/]: {report.shards} shards, {report.samples} samples, no problems")
     else:
@@ -660,7 +689,7 @@ def predict(run_dir, shards, out, flip, batch_size, workers, device):
         task = progress.add_task("clips", total=None)
         res = run_predict(cfg, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     for key, why in res.skipped.items():
-        click.echo(f"left out {key}: {why}")
+        _echo(f"left out {key}: {why}")
     held = f"; {res.held} past the last clip hold its last frame" if res.held else ""
     console.print(f"[green]done[/]: {res.clips} clips -> {res.sequences} sequences x 4 cameras, {res.frames} "
                   f"(view, frame) predictions{' (flip-averaged)' if flip else ''}{held} in {_lit(res.out)}",
@@ -694,7 +723,7 @@ def triangulate(predictions, data, out, subjects, method, weighted):
     finally:
         progress.stop()
     for key in res.skipped:
-        click.echo(f"left out {key}: fewer than two cameras in {predictions}")
+        _echo(f"left out {key}: fewer than two cameras in {predictions}")
     console.print(f"[green]done[/]: {res.sequences} sequences, {res.frames} frames, {method}"
                   f"{', confidence-weighted' if res.weighted else ''} -> {_lit(res.out)}; against the dataset's "
                   f"world joints: MPJPE {res.mpjpe:.1f} mm root-aligned, {res.mpjpe_abs:.1f} mm absolute",
@@ -718,7 +747,7 @@ def export(src, out, subjects):
         res = run_export(ExportConfig(src=src, out=out, subjects=parse_subjects(subjects) if subjects else None),
                          on_progress=lambda key: progress.advance(task))
     for key, why in res.skipped.items():
-        click.echo(f"left out {key}: {why}")
+        _echo(f"left out {key}: {why}")
     console.print(f"[green]done[/]: {res.sequences} sequences, {res.frames} frames from the {res.source} "
                   f"-> {', '.join(_lit(f) for f in res.files)}", soft_wrap=True)
 

@@ -92,3 +92,21 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def refuse_replacing(out: str | os.PathLike, *inputs) -> None:
+    """H36MError naming `out` when writing it would replace one of `inputs` (paths; None skipped): the same file,
+    through any link or spelling, or an input folder itself. Called before any work."""
+    out = Path(out)
+    for src in inputs:
+        if src is None:
+            continue
+        src = Path(src)
+        try:
+            same = out.resolve() == src.resolve() or (out.exists() and src.exists() and os.path.samefile(out, src))
+        except OSError:
+            same = False
+        if same:
+            raise H36MError(out, f"is also an input of this command ({src}): writing it would replace that input; "
+                                 f"choose another output")
+

@@ -10,12 +10,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -597,3 +600,387 @@ def test_mask_of_another_shape_is_not_stretched(small_release, tmp_path):
     assert result.status == "done"
     notes = [n for n in result.notes if path.name in n]
     assert len(notes) == 1 and "not the shape" in notes[0] and "boxes from joints" in notes[0], result.notes
+
+
+# ----------------------------------------------------------------------------------------- hostile keypoints files
+# Other people's 2-D detections are the one input users take from strangers. Every file below is built here, then
+# read by `h36m triangulate` (which reads its 2-D file before anything else) in a process limited to READ_LIMIT of
+# address space and READ_SECONDS of CPU: each must end in exit 1 and one line naming the file and the problem (a
+# crash, a traceback, "out of memory" or a timeout fails).
+
+READ_LIMIT = 1 << 30
+READ_SECONDS = 60
+
+
+def _limited() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (READ_LIMIT, READ_LIMIT))
+    resource.setrlimit(resource.RLIMIT_CPU, (READ_SECONDS, READ_SECONDS))
+
+
+def run_cli_limited(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`h36m ARGS...` in a subprocess under READ_LIMIT bytes of address space and READ_SECONDS of CPU (one thread
+    for numpy's BLAS: its per-thread buffers would count against the limit)."""
+    return subprocess.run([str(H36M), *map(str, args)], capture_output=True, text=True, timeout=2 * READ_SECONDS,
+                          preexec_fn=_limited, env={**os.environ, "COLUMNS": "80", "OPENBLAS_NUM_THREADS": "1",
+                                                    "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]           # numpy's own _reconstruct, pickled by its name
+
+
+class _Reduced:
+    """Pickles as f(*args) then BUILD state, as numpy's arrays and dtypes do, but with any args and state."""
+
+    def __init__(self, f, args, state=None):
+        self.f, self.args, self.state = f, args, state
+
+    def __reduce__(self):
+        return (self.f, self.args) if self.state is None else (self.f, self.args, self.state)
+
+
+def _forged_array(dtype, shape, data) -> _Reduced:
+    return _Reduced(_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, shape, dtype, False, data))
+
+
+def _npy_pickle(stream: bytes) -> bytes:
+    """An .npy member of a 0-d object array: numpy's header, then the pickle `stream`."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": ()})
+    return buf.getvalue() + stream
+
+
+def _npy_object(value, protocol: int = 3) -> bytes:
+    """`value` as numpy stores it in an .npz: a 0-d object array, pickled."""
+    a = np.empty((), dtype=object)
+    a[()] = value
+    return _npy_pickle(pickle.dumps(a, protocol=protocol))
+
+
+def _npy_array(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _npz(path: Path, members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", method) as z:
+        for name, data in members.items():
+            z.writestr(name + ".npy", data)
+    return path
+
+
+def _poses(frames: int = 50, joints: int = 17, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1000, (frames, joints, 2)).astype(np.float32)
+
+
+def _members_2d(pos=None, meta=None, conf=None, protocol: int = 3) -> dict[str, bytes]:
+    """The members of a VideoPose3D 2-D file: by default S1 'Walking 1' seen by 4 cameras, H36M's metadata."""
+    from h36m.h36m_tools.npz import METADATA_2D
+
+    pos = {"S1": {"Walking 1": [_poses(seed=c) for c in range(4)]}} if pos is None else pos
+    out = {"positions_2d": _npy_object(pos, protocol), "metadata": _npy_object(
+        METADATA_2D if meta is None else meta, protocol)}
+    if conf is not None:
+        out["confidence_2d"] = _npy_object(conf, protocol)
+    return out
+
+
+def _with_one(value) -> dict[str, bytes]:
+    """A 2-D file whose S1 'Walking 1' camera 0 array is `value` (the other 3 cameras good)."""
+    return _members_2d({"S1": {"Walking 1": [value] + [_poses(seed=c) for c in range(1, 4)]}})
+
+
+def _bad_values(**where) -> dict[str, bytes]:
+    """A good 2-D file but for values set in camera 0's poses or confidences: where = {'pose': v} or {'conf': v}."""
+    pos = [_poses(seed=c) for c in range(4)]
+    conf = [np.full((50, 17), 0.9, np.float32) for _ in range(4)]
+    if "pose" in where:
+        pos[0][7, 3, 1] = where["pose"]
+    if "conf" in where:
+        conf[0][9, 2] = where["conf"]
+    return _members_2d({"S1": {"Walking 1": pos}}, conf={"S1": {"Walking 1": conf}})
+
+
+def _central_entries(data: bytes):
+    """(offset, name) of each central directory entry of a zip."""
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        n = struct.unpack_from("<H", data, at + 28)[0]
+        yield at, bytes(data[at + 46:at + 46 + n])
+        at = data.find(b"PK\x01\x02", at + 46 + n)
+
+
+def _patched(path: Path, member: str, flags: int = 0, method: int | None = None, size: int | None = None,
+             corrupt: bool = False) -> Path:
+    """The zip at `path` with `member`'s directory entry changed: flag bits set, compression method, the stated
+    uncompressed size; or with bytes of its compressed data inverted."""
+    data = bytearray(path.read_bytes())
+    for at, name in list(_central_entries(data)):
+        if name != member.encode():
+            continue
+        struct.pack_into("<H", data, at + 8, struct.unpack_from("<H", data, at + 8)[0] | flags)
+        if method is not None:
+            struct.pack_into("<H", data, at + 10, method)
+        if size is not None:
+            struct.pack_into("<I", data, at + 24, size)
+    if corrupt:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(member)
+        start = info.header_offset + 30 + sum(struct.unpack_from("<HH", data, info.header_offset + 26))
+        mid = start + info.compress_size // 2
+        data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _zeros_member(path: Path, name: str, n: int, others: dict[str, bytes]) -> Path:
+    """A zip of `others` and `name` holding n zero bytes, deflated (a thousand times smaller: a zip bomb's way)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for k, v in others.items():
+            z.writestr(k + ".npy", v)
+        with z.open(name, "w", force_zip64=n > 1 << 31) as fh:
+            for _ in range(n >> 20):
+                fh.write(bytes(1 << 20))
+    return path
+
+
+def _deep_list(n: int) -> bytes:
+    """A pickle of n nested lists, written opcode by opcode (Python's own pickler would recurse too deep)."""
+    return b"\x80\x02" + b"]" * n + b"a" * (n - 1) + b"."
+
+
+def _memo_bomb(width: int, depth: int):
+    x = [1.0]
+    for _ in range(depth):
+        x = [x] * width                 # one list, `width` references to the one below: pickled in a few bytes
+    return x
+
+
+def _utf8_broken(members: dict[str, bytes]) -> dict[str, bytes]:
+    """The members with the subject 'Sé' (UTF-8 c3 a9) changed to bytes that are not UTF-8 (ff fe)."""
+    return {k: v.replace("Sé".encode(), b"S\xff\xfe") for k, v in members.items()}
+
+
+def _name_not_utf8(path: Path) -> Path:
+    """A 2-D file whose member 'é.npy' (a name flagged UTF-8) is renamed to bytes that are not UTF-8."""
+    members = _members_2d()
+    members["é"] = members.pop("metadata")
+    data = _npz(path, members).read_bytes()
+    path.write_bytes(data.replace("é.npy".encode(), b"\xff\xfe.npy"))
+    return path
+
+
+_H36M_META = {"layout_name": "h36m", "num_joints": 17,
+              "keypoints_symmetry": [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]}
+
+#: name -> (build(path) -> path, words the one error line holds besides the file's name)
+HOSTILE_2D = {
+    # the pickle: what it builds
+    "forged_dtype_object_field_flags_cleared": (lambda p: _npz(p, _with_one(_forged_array(_Reduced(
+        np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype(object), 0)}, 8, 1, 0)), (2,),
+        b"\x41" * 16))), ("dtype 'V8'", "only bool, integer and float16/32/64")),
+    "forged_dtype_field_past_the_item": (lambda p: _npz(p, _with_one(_forged_array(_Reduced(
+        np.dtype, ("f4", False, True), (3, "<", None, ("a",), {"a": (np.dtype("<f8"), 4096)}, 4, 4, 0)), (2,),
+        b"\0" * 8))), ("state of dtype 'f4'", "refused")),
+    "short_object_list_2.5e8_claimed": (lambda p: _npz(p, _with_one(_forged_array(
+        np.dtype(object), (250_000_000,), [1.0]))), ("object array of shape (250000000,) with 1 items",)),
+    "short_array_data": (lambda p: _npz(p, _with_one(_forged_array(np.dtype("<f4"), (100_000, 17, 2), b"\0" * 8))),
+                         ("8 bytes of data (it needs 13600000)",)),
+    "code_in_the_pickle": (lambda p: _npz(p, _with_one(_Evil(p.with_suffix(".ran")))), ("names builtins.getattr",
+                                                                                          "refused")),
+    "memo_bomb_deep": (lambda p: _npz(p, _with_one(_memo_bomb(2, 40))), ("nested deeper than 32",)),
+    "memo_bomb_wide": (lambda p: _npz(p, _with_one(_memo_bomb(10, 12))), ("more than 1000000 values",)),
+    "memo_bomb_of_arrays": (lambda p: _npz(p, _members_2d({"S1": {"Walking 1": [np.zeros((1 << 14, 17, 2),
+                                                                                        np.float32)] * 1000}})),
+                            ("arrays of more than", "each reference")),
+    "deep_nesting_200000": (lambda p: _npz(p, {"positions_2d": _npy_pickle(_deep_list(200_000))}),
+                            ("nested deeper than 32",)),
+    "text_not_utf8_in_the_pickle": (lambda p: _npz(p, _utf8_broken(_members_2d(
+        {"Sé": {"Walking 1": [_poses(seed=c) for c in range(4)]}}))), ("not valid UTF-8",)),
+    "numeric_member_shorter_than_its_shape": (lambda p: _npz(p, {**_members_2d(), "positions_2d": _npy_array(
+        np.zeros((1000, 17, 2), np.float32))[:-4000]}), ("bytes of data (it needs 136000)",)),
+    "member_with_an_object_field": (lambda p: _npz(p, {**_members_2d(), "positions_2d": _npy_array(
+        np.zeros(3, [("a", "<f4"), ("b", "O")]))}), ("only bool, integer and float16/32/64",)),
+    # the zip
+    "member_stating_3_GiB": (lambda p: _patched(_npz(p, _members_2d()), "positions_2d.npy", size=3 << 30),
+                             ("'positions_2d.npy'", "would inflate to 3221225472 bytes")),
+    "zip_bomb_within_the_member_limit": (lambda p: _zeros_member(p, "positions_2d.npy", 80 << 20, {}),
+                                         ("'positions_2d.npy'", "zip bomb")),
+    "zip_bomb_understating_its_size": (lambda p: _patched(_zeros_member(p, "positions_2d.npy", 80 << 20, {}),
+                                                          "positions_2d.npy", size=1000), ("damaged", "CRC")),
+    "member_size_beyond_its_compressed_bytes": (lambda p: _patched(_npz(p, _members_2d()), "positions_2d.npy",
+                                                                   size=1 << 30), ("more than they can hold",)),
+    "encrypted_member": (lambda p: _patched(_npz(p, _members_2d()), "positions_2d.npy", flags=0x1),
+                         ("'positions_2d.npy' is encrypted",)),
+    "unknown_compression_method": (lambda p: _patched(_npz(p, _members_2d()), "positions_2d.npy", method=99),
+                                   ("compression method 99",)),
+    "corrupt_member": (lambda p: _patched(_npz(p, _members_2d()), "positions_2d.npy", corrupt=True),
+                       ("'positions_2d.npy' is damaged",)),
+    "truncated_file": (lambda p: p.write_bytes(_npz(p, _members_2d()).read_bytes()[:3000]) and p,
+                       ("no zip directory at its end",)),
+    "member_name_not_utf8": (_name_not_utf8, ("not valid UTF-8",)),
+    "200_members": (lambda p: _npz(p, {**_members_2d(), **{f"m{i}": b"" for i in range(200)}}),
+                    ("202 members",)),
+    "random_bytes": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)) and p,
+                     ("neither an .npz (zip) nor an .npy",)),
+    # the contents
+    "nan_coordinate": (lambda p: _npz(p, _bad_values(pose=np.nan)), ("1 pixel coordinates", "nan, frame 7")),
+    "inf_coordinate": (lambda p: _npz(p, _bad_values(pose=np.inf)), ("pixel coordinates", "inf, frame 7")),
+    "1e38_coordinate": (lambda p: _npz(p, _bad_values(pose=1e38)), ("pixel coordinates", "1e+38")),
+    "negative_confidence": (lambda p: _npz(p, _bad_values(conf=-0.5)), ("1 confidences", "[0, 1]", "-0.5")),
+    "nan_confidence": (lambda p: _npz(p, _bad_values(conf=np.nan)), ("confidences", "nan, frame 9")),
+    "1e6_confidence": (lambda p: _npz(p, _bad_values(conf=1e6)), ("confidences", "1e+06")),
+    "coco_layout": (lambda p: _npz(p, _members_2d(meta={**_H36M_META, "layout_name": "coco"})),
+                    ("layout 'coco'", "COCO's 17 keypoints")),
+    "mpii_16_joints": (lambda p: _npz(p, _members_2d({"S1": {"Walking 1": [_poses(joints=16)] * 4}}, meta={
+        "layout_name": "mpii", "num_joints": 16})), ("layout 'mpii'", "16 joints")),
+    "16_joints_said_h36m": (lambda p: _npz(p, _members_2d(meta={**_H36M_META, "num_joints": 16})),
+                            ("16 joints (metadata num_joints)",)),
+    "16_joint_arrays": (lambda p: _npz(p, _members_2d({"S1": {"Walking 1": [_poses(joints=16)] * 4}}, meta={})),
+                        ("has 16 joints",)),
+    "integer_subject": (lambda p: _npz(p, _members_2d({9: {"Walking 1": [_poses()] * 4}})),
+                        ("subject key 9 (int)",)),
+    "integer_action": (lambda p: _npz(p, _members_2d({"S1": {1: [_poses()] * 4}})), ("action key 1 (int)",)),
+    "cameras_not_text": (lambda p: _npz(p, _members_2d(meta={**_H36M_META, "cameras": [54138969]})),
+                         ("cameras", "not text")),
+    "object_array_of_dicts": (lambda p: _npz(p, _members_2d({"S1": {"Walking 1": np.array(
+        [{"x": 1}, {"y": 2}], dtype=object)}})), ("is a dict, not an (N, 17, 2) array",)),
+    "five_cameras": (lambda p: _npz(p, _members_2d({"S1": {"Walking 1": [_poses()] * 5}})),
+                     ("holds 5 cameras: H36M has 4",)),
+    "no_positions_2d": (lambda p: _npz(p, {"positions_3d": _npy_object({"S1": {}})}), ("no 'positions_2d'",)),
+    "metadata_a_list": (lambda p: _npz(p, _members_2d(meta=[1, 2])), ("'metadata' is a list",)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_2D))
+def test_hostile_2d_file_is_one_line_in_bounded_memory_and_time(case, tmp_path):
+    """A hostile VideoPose3D 2-D file (forged numpy state, short object lists, memo bombs, deep nesting, zip bombs,
+    encrypted / unknown-method / damaged members, claimed sizes, non-UTF-8 names, NaN / inf / out-of-range values,
+    other skeletons, wrong key types): one line naming the file and the problem, exit 1, under 1 GiB and 60 s of
+    CPU; nothing in it runs."""
+    build, words = HOSTILE_2D[case]
+    path = build(tmp_path / f"{case}.npz")
+    assert path.stat().st_size < 4 << 20            # each attack is a small file
+    res = run_cli_limited("triangulate", path, "--data", tmp_path / "extracted", "--out", tmp_path / "world.npz")
+    assert res.returncode == 1, (res.returncode, res.stderr[-2000:])     # (a signal would be negative)
+    one_line_error(res, str(path), *words)
+    assert not path.with_suffix(".ran").exists() and not (tmp_path / "world.npz").exists()
+
+
+@pytest.fixture(scope="module")
+def exported_2d(extracted, tmp_path_factory) -> Path:
+    """The extracted dataset's ground-truth 2-D as a VideoPose3D file (`export`): a good file triangulate reads."""
+    from h36m.pipelines.interchange.export import FILE_2D, ExportConfig, export
+
+    out = tmp_path_factory.mktemp("exported")
+    export(ExportConfig(src=extracted, out=out))
+    return out / FILE_2D
+
+
+def test_unused_members_are_never_inflated(exported_2d, extracted, tmp_path):
+    """A good 2-D file with an 80 MiB zip-bomb member and a member claiming 3 GiB beside its own: triangulate reads
+    the members it uses and finishes under 1 GiB (the others are never inflated); reading every member names the
+    bomb."""
+    from h36m.h36m_tools.errors import H36MError
+    from h36m.h36m_tools.npz import load_npz
+
+    path = tmp_path / "with_bombs.npz"
+    with zipfile.ZipFile(exported_2d) as z:
+        members = {n[:-4]: z.read(n) for n in z.namelist()}
+    _zeros_member(path, "junk.npy", 80 << 20, {**members, "claim": b"x" * 1000})
+    _patched(path, "claim.npy", size=3 << 30)
+    assert path.stat().st_size < 2 * exported_2d.stat().st_size + (1 << 20)
+    res = run_cli_limited("triangulate", path, "--data", extracted, "--out", tmp_path / "world.npz")
+    assert res.returncode == 0 and (tmp_path / "world.npz").is_file(), res.stderr
+    with pytest.raises(H36MError, match="'(junk|claim).npy'"):
+        load_npz(path)
+
+
+def test_no_sequence_with_two_views_says_so(exported_2d, extracted, tmp_path):
+    """triangulate on a 2-D file that gives each sequence one camera: one line saying no sequence has two views."""
+    from h36m.h36m_tools.npz import keypoints_2d
+    from h36m.pipelines.interchange.npzfile import write_npz
+
+    pos, meta, _ = keypoints_2d(exported_2d)
+    path = tmp_path / "one_view.npz"
+    write_npz(path, positions_2d={s: {a: cams[:1] for a, cams in acts.items()} for s, acts in pos.items()},
+              metadata=meta)
+    one_line_error(run_cli("triangulate", path, "--data", extracted, "--out", tmp_path / "w.npz"), str(path),
+                   "no sequence of", "two or more cameras")
+
+
+def test_an_output_never_replaces_an_input(exported_2d, extracted, tmp_path):
+    """triangulate X --out X (and --out a link to X): one line, the input unchanged."""
+    import shutil
+
+    path = tmp_path / "pred.npz"
+    shutil.copy(exported_2d, path)
+    before = path.read_bytes()
+    (tmp_path / "link.npz").symlink_to(path)
+    for out in (path, tmp_path / "link.npz"):
+        one_line_error(run_cli("triangulate", path, "--data", extracted, "--out", out), str(out),
+                       "is also an input")
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_writes_its_pair_as_one_unit(extracted, tmp_path):
+    """export into a folder holding an earlier pair, with the second file's write failing: one error naming it,
+    and both files of the earlier pair left as they were (none half-replaced), no temporary file left."""
+    from h36m.h36m_tools.errors import H36MError
+    from h36m.pipelines.files import temporary_name
+    from h36m.pipelines.interchange.export import FILE_2D, FILE_3D, ExportConfig, export
+
+    export(ExportConfig(src=extracted, out=tmp_path, subjects=("S1",)))
+    before = {f: (tmp_path / f).read_bytes() for f in (FILE_3D, FILE_2D)}
+    temporary_name(tmp_path / FILE_2D).mkdir()           # the 2-D file's write fails (a folder in its way)
+    with pytest.raises(H36MError, match=FILE_2D):
+        export(ExportConfig(src=extracted, out=tmp_path))     # every subject: different files
+    assert {f: (tmp_path / f).read_bytes() for f in (FILE_3D, FILE_2D)} == before
+    assert [p.name for p in tmp_path.glob(".*.tmp")] == [temporary_name(tmp_path / FILE_2D).name]
+
+
+def test_missing_remote_shard_is_one_line():
+    """A training shard at an http:// URL that cannot be reached: len(loader) is an H36MError (one line in the CLI)
+    naming the URL, not a traceback; still a TypeError for code asking for a length."""
+    from h36m.h36m_tools.errors import H36MError
+    from h36m.pipelines.loader.loader import LoaderConfig, make_loader
+
+    url = "http://127.0.0.1:9/train-000000.tar"           # port 9 (discard): nothing listens
+    loader = make_loader(LoaderConfig(url, batch_size=1, workers=0))
+    with pytest.raises(H36MError) as e:
+        len(loader)
+    assert isinstance(e.value, TypeError) and str(e.value).startswith(url) and "index" in str(e.value)
+
+
+def test_debug_shows_the_traceback_behind_the_line(tmp_path):
+    """`h36m --debug` and H36M_DEBUG=1 print the traceback the one-line error hides, then the same line."""
+    path = _npz(tmp_path / "nan.npz", _bad_values(pose=np.nan))
+    args = ("triangulate", path, "--data", tmp_path, "--out", tmp_path / "w.npz")
+    plain = one_line_error(run_cli(*args), str(path))
+    for res in (run_cli("--debug", *args), run_cli_limited(*args, env={"H36M_DEBUG": "1"})):
+        assert res.returncode == 1 and "Traceback" in res.stderr and "H36MError" in res.stderr, res.stderr
+        assert res.stderr.strip().splitlines()[-1] == plain
+
+
+def test_names_with_control_characters_are_escaped(tmp_path):
+    """A 2-D file named with an escape sequence, a newline and a byte that is not UTF-8: the error is one line that
+    shows them escaped (\\x1b, \\n, \\xff), with no control character reaching the terminal."""
+    name = "a\x1b[2J\nb" + os.fsdecode(b"\xff") + ".npz"
+    path = _npz(tmp_path / name, _bad_values(pose=np.inf))
+    res = subprocess.run([str(H36M), "triangulate", path, "--data", tmp_path, "--out", tmp_path / "w.npz"],
+                         capture_output=True, timeout=120)
+    err = res.stderr.decode("ascii")                     # (ASCII: nothing raw got through)
+    assert res.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert "a\\x1b[2J\\nb\\xff.npz" in err and not any(c < " " for c in err.rstrip("\n")), err
+
+
+@pytest.mark.slow
+def test_lift_run_on_a_nan_2d_file_writes_no_model(extracted, tmp_path):
+    """train --stage lift --keypoints FILE with a NaN coordinate: one line naming the file and the value, exit 1,
+    and no run folder (no checkpoint of NaN weights)."""
+    path = _npz(tmp_path / "nan.npz", _bad_values(pose=np.nan))
+    one_line_error(run_cli("train", "--stage", "lift", "--data", extracted, "--keypoints", path, "--out",
+                           tmp_path / "run", timeout=300), str(path), "pixel coordinates", "nan")
+    assert not (tmp_path / "run").exists()

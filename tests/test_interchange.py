@@ -113,3 +113,92 @@ def test_plain_data_pickles_and_numeric_files_read(tmp_path):
     np.savez(tmp_path / "plain.npz", a=np.zeros(3))
     with pytest.raises(H36MError, match="no 'positions_2d'"):
         positions_2d(tmp_path / "plain.npz")
+
+
+def _as_np_load_gives(x):
+    """np.load's value as the safe reader gives it: 0-d object arrays unwrapped, n-d ones as nested lists, numpy
+    scalars as Python numbers."""
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        return _as_np_load_gives(x.item()) if x.ndim == 0 else [_as_np_load_gives(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, dict):
+        return {k: _as_np_load_gives(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_as_np_load_gives(v) for v in x)
+    return x
+
+
+def _same(mine, theirs) -> bool:
+    """Equal values, types and array dtypes / shapes / orders, and arrays writeable as np.load's are."""
+    if isinstance(theirs, np.ndarray):
+        return (isinstance(mine, np.ndarray) and mine.dtype == theirs.dtype and mine.shape == theirs.shape
+                and mine.flags.f_contiguous == theirs.flags.f_contiguous and mine.flags.writeable
+                and np.array_equal(mine, theirs, equal_nan=mine.dtype.kind == "f"))
+    if isinstance(theirs, dict):
+        return isinstance(mine, dict) and list(mine) == list(theirs) and all(_same(mine[k], theirs[k]) for k in theirs)
+    if isinstance(theirs, (list, tuple)):
+        return type(mine) is type(theirs) and len(mine) == len(theirs) and all(map(_same, mine, theirs))
+    return type(mine) is type(theirs) and (mine == theirs or mine != mine and theirs != theirs)
+
+
+def _vp3d_like(rng) -> dict:
+    """The members of VideoPose3D's files (data_2d: positions_2d, metadata; data_3d: positions_3d), with every
+    kind of array and value such files hold or could hold: dtypes, Fortran order, big-endian, no frames, numpy
+    scalars, arrays inside metadata, NaN, tuples, None, big integers."""
+    cams = [rng.uniform(0, 1000, (40, 17, 2)).astype(t) for t in (np.float32, np.float64, np.float16, ">f4")]
+    cams[1] = np.asfortranarray(cams[1])
+    return {
+        "positions_2d": {"S1": {"Walking 1": cams, "Photo": [np.zeros((0, 17, 2), np.float32)] * 4},
+                         "S9": {"Directions 1": [c.astype(np.float32) for c in cams]}},
+        "metadata": {"layout_name": "h36m", "num_joints": np.int64(17),
+                     "keypoints_symmetry": [np.array([4, 5, 6, 11, 12, 13]), [1, 2, 3, 14, 15, 16]],
+                     "other": (np.float32(0.5), np.nan, None, True, -3, 2 ** 70, "é", np.arange(3, dtype=np.uint8),
+                               np.array([[1, 2], [3, 4]], dtype=">i2"), np.array([True, False]))},
+        "positions_3d": {"S1": {"Walking 1": rng.normal(0, 1, (40, 32, 3)).astype(np.float32)}},
+        "confidence_2d": {"S1": {"Walking 1": [rng.uniform(0, 1, (40, 17)).astype(np.float32)] * 4}},
+        "objects": np.array([[{"a": 1}, [2, 3]], ["x", None]], dtype=object),
+        "plain": rng.normal(0, 1, (5, 3)),
+    }
+
+
+def _npz_with_protocol(path, members: dict, protocol: int) -> None:
+    """What np.savez does (an .npy member per array: numpy's header, then for object arrays `pickle.dump` of the
+    array), with pickle `protocol` instead of numpy's choice."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, value in members.items():
+            a = np.asanyarray(value) if not isinstance(value, dict) else np.array(value, dtype=object)
+            buf = io.BytesIO()
+            if a.dtype == object:
+                np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
+                pickle.dump(a, buf, protocol=protocol)
+            else:
+                np.lib.format.write_array(buf, a)
+            z.writestr(name + ".npy", buf.getvalue())
+
+
+@pytest.mark.parametrize("writer", ["savez", "savez_compressed", "protocol 2", "protocol 3", "protocol 4",
+                                    "protocol 5"])
+def test_numpy_written_files_read_as_np_load_reads_them(writer, tmp_path):
+    """Files numpy writes of VideoPose3D's structures (np.savez, np.savez_compressed, and numpy's layout with pickle
+    protocols 2 to 5): the safe reader gives what np.load(allow_pickle=True) gives, value for value, dtype for dtype;
+    and reads them as 2-D files."""
+    from h36m.h36m_tools.npz import keypoints_2d
+
+    members = _vp3d_like(np.random.default_rng(0))
+    path = tmp_path / "vp3d.npz"
+    if writer.startswith("protocol"):
+        _npz_with_protocol(path, members, int(writer.split()[1]))
+    else:
+        getattr(np, writer)(path, **members)
+    with np.load(path, allow_pickle=True) as f:
+        theirs = {k: _as_np_load_gives(f[k]) for k in f.files}
+    mine = load_npz(path)
+    assert list(mine) == list(theirs) and all(_same(mine[k], theirs[k]) for k in theirs)
+    assert isinstance(mine["metadata"]["num_joints"], int) and isinstance(mine["objects"], list)
+    pos, meta, conf = keypoints_2d(path)
+    assert _same(pos, theirs["positions_2d"]) and _same(conf, theirs["confidence_2d"]) and meta["num_joints"] == 17
+    assert set(load_npz(path, ("metadata", "absent"))) == {"metadata"}

@@ -7,8 +7,12 @@ import os
 import signal
 import subprocess
 import time
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:             # Python 3.10
+    import tomli as tomllib
 
 import pytest
 import torch

@@ -32,7 +32,7 @@ import numpy as np
 
 from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.h36m_tools.errors import H36MError
-from h36m.pipelines.interchange.npzfile import VP3D_DROPPED, metadata_2d, vp3d_action, write_npz
+from h36m.pipelines.interchange.npzfile import VP3D_DROPPED, metadata_2d, vp3d_action, write_npz_files
 
 FILE_3D = "data_3d_h36m.npz"
 FILE_2D = "data_2d_h36m_gt.npz"
@@ -56,7 +56,8 @@ class ExportResult:
 
 
 def export(cfg: ExportConfig, on_progress: Optional[Callable[[str], None]] = None) -> ExportResult:
-    """Write both files (atomically) into cfg.out; `on_progress` receives each sequence key when done."""
+    """Write both files into cfg.out as one unit (`write_npz_files`); `on_progress` receives each sequence key when
+    done."""
     src = Path(cfg.src)
     if (src / "manifest.json").is_file():
         kind, items = "extracted", _from_extracted(src, cfg.subjects)
@@ -86,8 +87,8 @@ def export(cfg: ExportConfig, on_progress: Optional[Callable[[str], None]] = Non
     if not pos3d:
         raise H36MError(src, "no sequence to export" + (f" ({'; '.join(skipped.values())})" if skipped else ""))
     out = Path(cfg.out)
-    write_npz(out / FILE_3D, positions_3d=pos3d)
-    write_npz(out / FILE_2D, positions_2d=pos2d, metadata=metadata_2d())
+    write_npz_files({out / FILE_3D: {"positions_3d": pos3d},
+                     out / FILE_2D: {"positions_2d": pos2d, "metadata": metadata_2d()}})
     return ExportResult([out / FILE_3D, out / FILE_2D], kind, sum(len(v) for v in pos3d.values()), frames, skipped)
 
 

@@ -7,6 +7,7 @@ replacements, `TakingPhoto` -> `Photo` and `WalkingDog` -> `WalkDog` (`'Directio
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 
 import numpy as np
 
@@ -39,6 +40,15 @@ def vp3d_action(sequence: str) -> str:
 
 def write_npz(path: str | os.PathLike, **members) -> None:
     """np.savez_compressed(path, **members), atomically (dicts become 0-d object arrays, as numpy stores them)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **members)
+    write_npz_files({path: members})
+
+
+def write_npz_files(files: dict) -> None:
+    """Several .npz files as one unit: {path: members} each written through its temporary file (`write_npz`), and
+    only once all are written, each renamed over its target. A failure in any write (a full disk, a bad value)
+    leaves every target as it was; only a kill in the moment between two renames could leave a mixed set."""
+    with ExitStack() as stack:
+        tmps = {path: stack.enter_context(atomic_path(path)) for path in files}
+        for path, members in files.items():
+            with open(tmps[path], "wb") as fh:
+                np.savez_compressed(fh, **members)

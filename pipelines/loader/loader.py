@@ -27,6 +27,7 @@ import simplejpeg  # noqa: F401  (likewise)
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from h36m.h36m_tools.errors import H36MError
 from h36m.pipelines.loader.plan import ReaderPlan, plan_batches, plan_rank
 from h36m.pipelines.loader.pool import HELD, ImagePool, new_images, release
 from h36m.pipelines.loader.stages import (MESSAGE_CROPS, LoaderStats, ReaderState, ShardWarning, plan_samples,
@@ -149,6 +150,11 @@ class ClipStream(IterableDataset):
         yield from _Reader(self.plans(epoch)[w], cfg, [cfg.seed, epoch, self.rank, w], self.pool, pass_id)
 
 
+class UnknownLength(H36MError, TypeError):
+    """len() of a loader whose shards no index lists: a TypeError (an object without a length) that the CLI prints as
+    one line naming the first such shard (an H36MError)."""
+
+
 class ShardLoader:
     """Iterable over batch dicts (see KEYS); `len()` = batches per epoch on this rank when the index is found."""
 
@@ -186,7 +192,9 @@ class ShardLoader:
     def __len__(self) -> int:
         n = plan_batches(self.plans(), self.cfg.batch_size)
         if n is None:
-            raise TypeError("batches per epoch unknown: no {split}-index.json found beside the shards")
+            unknown = next((u for u, c in zip(self.urls, self.counts) if c is None), self.urls[0])
+            raise UnknownLength(unknown, "batches per epoch unknown: no {split}-index.json found beside the shards "
+                                         "lists this one (it or its index is missing, or unreachable)")
         return n
 
     def __iter__(self) -> Iterator[dict]:

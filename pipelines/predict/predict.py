@@ -115,8 +115,12 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
     from h36m.pipelines.device import torch_device
     from h36m.pipelines.loader.inputs import crop_to_nominal, network_inputs
     from h36m.pipelines.loader.loader import LoaderConfig, make_loader
+    from h36m.pipelines.files import refuse_replacing
+    from h36m.pipelines.shards.urls import expand_urls, is_local, local_path
     from h36m.pipelines.train.checkpoint import load_network
 
+    refuse_replacing(cfg.out, cfg.run, Path(cfg.run) / "checkpoint.pt",
+                     *(local_path(u) for u in expand_urls(cfg.shards) if is_local(u)))
     dev = torch_device(cfg.device)
     net, _ = load_network(cfg.run, dev)
     first = cfg.shards if isinstance(cfg.shards, str) else cfg.shards[0]

@@ -99,8 +99,11 @@ def load_views(extracted: str | os.PathLike, subjects=None, keypoints: str = "gt
                           for v in keep])
         out.append(MultiView(meta.subject, meta.sequence, meta.action, [cams[v] for v in keep], frames, points, c,
                              world))
+    if not out and missing:
+        raise H36MError(keypoints, f"gives no sequence of {', '.join(subjects)} seen by two or more cameras "
+                                   f"({len(missing)} sequences of the dataset looked for): nothing to triangulate")
     if not out:
-        raise H36MError(keypoints if missing else extracted, f"no sequences of {', '.join(subjects)}")
+        raise H36MError(extracted, f"no sequences of {', '.join(subjects)}")
     return out, missing
 
 
@@ -151,8 +154,11 @@ def triangulate(cfg: TriangulateConfig, on_progress: Optional[Callable[[int, int
     atomically; `on_progress(sequences done, total)`."""
     from h36m.h36m_tools.names import parse_subjects
 
+    from h36m.pipelines.files import refuse_replacing
+
     if cfg.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    refuse_replacing(cfg.out, cfg.predictions, cfg.data)
     subjects = parse_subjects(cfg.subjects) if cfg.subjects else None       # None: the 2-D file's subjects
     views, skipped = load_views(cfg.data, subjects, str(cfg.predictions), every_frame=True)
     conf = any(mv.confidence is not None for mv in views)

@@ -177,7 +177,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     """A TOML config file -> dict of TrainConfig fields (model overrides under 'model'). Raises H36MError."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:         # Python 3.10: the same parser as the `tomli` package
+        import tomli as tomllib
 
     path = Path(path)
     try:
