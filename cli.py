@@ -46,12 +46,69 @@ def _fail(message: str, code: int = 1):
     sys.exit(code)
 
 
-def _progress(console):
+def _progress(console, *fields: str, unit: str = ""):
+    """The CLI's one progress display. On a terminal, a rich bar (with `fields`: extra columns, rich TextColumn
+    templates such as "loss {task.fields[loss]}"). Elsewhere (a scheduler's log file, `| tee`) a plain line every
+    H36M_PROGRESS_EVERY seconds (default 30) while work advances: done/total `unit` (the description's, if none),
+    rate, the fields, elapsed and time left, e.g.
+    `epoch 3/20: 81/540 steps (15 %), 2.31 steps/s, loss 0.1234, 0:00:35 elapsed, 0:03:19 left`; when it stops, the
+    last state once more (unless just printed) instead of a bar."""
+    import os
+    import time
+
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
+    every = float(os.environ.get("H36M_PROGRESS_EVERY") or 30)
+
+    class _Logged(Progress):
+        last = time.monotonic()
+        logged: dict = {}
+
+        def update(self, task_id, **kwargs) -> None:
+            super().update(task_id, **kwargs)
+            self._log(task_id)
+
+        def advance(self, task_id, advance: float = 1) -> None:
+            super().advance(task_id, advance)
+            self._log(task_id)
+
+        def stop(self) -> None:
+            if not console.is_terminal and self.live.is_started:     # the last state, once, as a line
+                for task_id in self.task_ids:
+                    self._log(task_id, final=True)
+            super().stop()
+
+        def _log(self, task_id, final: bool = False) -> None:
+            now = time.monotonic()
+            task = self._tasks[task_id]
+            if console.is_terminal or not self.live.is_started or (now - self.last < every and not final) or \
+                    (final and self.logged.get(task_id) == task.completed):
+                return
+            self.last, self.logged[task_id] = now, task.completed
+            units = f" {unit}" if unit else ""
+            parts = [f"{task.completed:.0f}/{task.total:.0f}{units} ({task.percentage:.0f} %)" if task.total
+                     else f"{task.completed:.0f}{units}"]
+            if task.speed:
+                parts.append(f"{task.speed:.2f}{units}/s" if task.speed < 100 else f"{task.speed:.0f}{units}/s")
+            parts += [f.format(task=task) for f in fields]
+            parts.append(f"{_clock(task.elapsed)} elapsed")
+            if task.time_remaining is not None:
+                parts.append(f"{_clock(task.time_remaining)} left")
+            console.print(f"{Text.from_markup(task.description).plain}: {', '.join(parts)}", markup=False,
+                          highlight=False, soft_wrap=True)
+
+    from rich.text import Text
+
+    return _Logged(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   *(TextColumn(f) for f in fields), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                   transient=not console.is_terminal)      # not a terminal: lines only, no bar cut at 80 columns
+
+
+def _clock(seconds) -> str:
+    """Seconds as H:MM:SS."""
+    s = int(seconds or 0)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def _late_progress(console, label: str):
@@ -120,10 +177,6 @@ def device_option(default: str | None = None):
                         show_default=default is not None, help="Where the network runs (auto: a GPU if present).")
 
 
-def sequences_per_subject_option(f):
-    return click.option("--sequences-per-subject", default=3, show_default=True, type=click.IntRange(1, 30))(f)
-
-
 def actions_option(default: str | None, help: str):
     return click.option("--actions", default=default, show_default=default is not None, help=help)
 
@@ -150,8 +203,9 @@ def main(debug):
     Typical flow:
       h36m synth RAW                      # or use your own H36M tree as RAW
       h36m extract RAW EXTRACTED
-      h36m shard EXTRACTED SHARDS --frames 128
-      h36m train --shards 'SHARDS/train-{000000..000009}.tar' --out RUN
+      h36m shard EXTRACTED SHARDS --frames 128 --split train
+      h36m shard EXTRACTED SHARDS --frames 128 --split test --no-shuffle --tail pad
+      h36m train --shards 'SHARDS/train-*.tar' --out RUN
       h36m evaluate --run RUN --shards 'SHARDS/test-*.tar'
     """
 
@@ -159,9 +213,10 @@ def main(debug):
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @subjects_option("S1,S5,S9,S11", "Comma-separated subjects.")
-@sequences_per_subject_option
-@actions_option(None, "Comma-separated actions every subject performs, as in the real release (e.g. "
-                "Directions,Eating,Walking) [default: --sequences-per-subject actions spread over the subjects].")
+@actions_option(None, "Comma-separated actions every subject performs, as in the real release [default: "
+                "Directions,Eating,Walking].")
+@click.option("--sequences-per-subject", type=click.IntRange(1, 30), help="Instead of --actions: this many actions "
+              "per subject, spread over the subjects (more actions, each seen by fewer subjects).")
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(2), help="Pose frames per sequence.")
 @click.option("--scale", default=0.25, show_default=True, type=click.FloatRange(0.05, 1.0),
               help="Video size as a fraction of the real 1000x1000 / 1000x1002.")
@@ -402,13 +457,8 @@ def _openmp_env():
 def _train_progress(console):
     """A rich progress bar fed by h36m.pipelines.train.loop.TrainEvent (loss, lr, images/s, share of time waiting
     for data)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-                        TextColumn("{task.fields[ips]} img/s"), TextColumn("wait {task.fields[wait]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    progress = _progress(console, "loss {task.fields[loss]}", "lr {task.fields[lr]}", "{task.fields[ips]} img/s",
+                         "wait {task.fields[wait]}", unit="steps")
     state = {}
 
     def on_event(e):
@@ -434,7 +484,10 @@ def _train_progress(console):
 @click.option("--shards", help="Training shard URLs: paths, brace patterns ('SH/train-{000000..000009}.tar'), "
               "globs, pipe:..., http(s)://...")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
-@click.option("--preset", help="Model preset: tiny (64 px, CPU) or paper (Swin-T 224) [default: tiny].")
+@click.option("--preset", help="Model preset: tiny (64 px crops, CPU-sized, its own short recipe), paper (Swin-T "
+              "224, the paper's recipe), paper_f8, paper_f32, paper_f128 (clip frames), paper_rf9, paper_rf27 (the "
+              "lifter's receptive field), paper_baseline, paper_no_time, paper_no_3d (the paper's ablations) "
+              "[default: tiny].")
 @click.option("--stage", type=click.Choice(["2d", "lift", "joint"]), help="What to train [default: 2d].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file of TrainConfig fields (and [model] overrides); options given here win.")
@@ -639,8 +692,10 @@ def predict(run_dir, shards, out, flip, batch_size, workers, device):
         res = run_predict(cfg, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     for key, why in res.skipped.items():
         _echo(f"left out {key}: {why}")
+    held = f"; {res.held} past the last clip hold its last frame" if res.held else ""
     console.print(f"[green]done[/]: {res.clips} clips -> {res.sequences} sequences x 4 cameras, {res.frames} "
-                  f"(view, frame) predictions{' (flip-averaged)' if flip else ''} in {_lit(res.out)}", soft_wrap=True)
+                  f"(view, frame) predictions{' (flip-averaged)' if flip else ''}{held} in {_lit(res.out)}",
+                  soft_wrap=True)
 
 
 @main.command()
@@ -702,10 +757,11 @@ def export(src, out, subjects):
 @main.command()
 @click.option("--out", default="h36m-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @subjects_option("S1,S5,S9,S11", "Training and test (S9, S11) subjects.")
-@actions_option("Directions,Eating,Walking", "Comma-separated actions every subject performs.")
+@actions_option(None, "Comma-separated actions every subject performs [default: synth's, "
+                "Directions,Eating,Walking].")
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(16), help="Frames per sequence.")
-@click.option("--epochs-2d", default=24, show_default=True, type=click.IntRange(1))
-@click.option("--epochs-lift", default=6, show_default=True, type=click.IntRange(1))
+@click.option("--epochs-2d", type=click.IntRange(1), help="[default: the tiny recipe's].")
+@click.option("--epochs-lift", type=click.IntRange(1), help="[default: the tiny lift recipe's].")
 def demo(out, subjects, actions, frames, epochs_2d, epochs_lift):
     """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d) ->
     predict (whole sequences) -> train lift (whole sequences, predicted 2-D) -> Table II on S9/S11 against a mean-pose

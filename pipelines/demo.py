@@ -1,6 +1,6 @@
 """`h36m demo`: the whole chain on a synthetic release, on a laptop CPU, in minutes.
 
-    synth (S1, S5 train; S9, S11 test) -> extract (64 px crops) -> shard (8-frame clips, the tail padded)
+    synth (S1, S5 train; S9, S11 test) -> extract (64 px crops) -> shard (8-frame clips)
       -> train tiny, stage 2d -> predict (the 2d run over every clip, stitched into whole sequences: pred.npz)
       -> train tiny, stage lift (whole training sequences, the predicted 2-D) -> evaluate (Table II on S9/S11)
 
@@ -31,24 +31,17 @@ STEPS = ("synth", "extract", "shard", "train-2d", "predict", "train-lift", "eval
 
 @dataclass
 class DemoConfig:
-    """Options of `h36m demo`; the defaults take about 5 minutes on 2 CPU cores (see bench/RESULTS_train.md)."""
+    """Options of `h36m demo`: the tour's commands and defaults (synth's actions, the `tiny` preset's recipes);
+    BENCHMARKS.md gives the time they take on 2 CPU cores."""
     out: Path = Path("h36m-demo")
     subjects: tuple[str, ...] = ("S1", "S5", "S9", "S11")
-    # every subject performs each action, as in H36M, so the lifter is tested on actions it was trained on (with
-    # actions spread over the subjects it meets unseen ones on S9 / S11 and stays at the mean pose)
-    actions: tuple[str, ...] = ("Directions", "Eating", "Walking")
+    actions: tuple[str, ...] = ()           # every subject performs these [default: synth's DEFAULT_ACTIONS]
     frames: int = 150
     crop: int = 64
     clip_frames: int = 8
-    epochs_2d: int = 24
-    epochs_lift: int = 6
-    batch_size: int = 2
-    lr_2d: float = 2e-3
-    lr_lift: float = 1e-3                   # 2e-3 and 5e-3 stall at the mean pose on this data (bench/RESULTS_train.md)
-    batch_lift: int = 64                    # windows per lift step
+    epochs_2d: int | None = None            # [default: the tiny recipe's]
+    epochs_lift: int | None = None          # [default: the tiny lift recipe's]
     workers: int = 1                        # loader processes (the other core computes)
-    augment: bool = True                    # the default augmentation (the clip flip and the tiny recipe's crop
-                                            # transform): the synthetic people mirror like real ones
     seed: int = 0
 
 
@@ -146,8 +139,7 @@ def run_demo(cfg: DemoConfig, on_progress: Optional[Callable[[DemoEvent], None]]
 def _config_dict(cfg: DemoConfig) -> dict:
     return {"subjects": list(cfg.subjects), "actions": list(cfg.actions),
             "frames": cfg.frames, "crop": cfg.crop, "clip_frames": cfg.clip_frames, "epochs_2d": cfg.epochs_2d,
-            "epochs_lift": cfg.epochs_lift, "batch_size": cfg.batch_size, "lr_2d": cfg.lr_2d,
-            "lr_lift": cfg.lr_lift, "batch_lift": cfg.batch_lift, "augment": cfg.augment,
+            "epochs_lift": cfg.epochs_lift,
             "seed": cfg.seed}
 
 
@@ -177,8 +169,10 @@ def _shard(cfg: DemoConfig, ex: Path, sh: Path) -> str:
 
     counts = []
     for split in ("train", "test"):
+        # as the tour: training clips shuffled (the tail dropped), test clips in order with the tail padded
         r = write_shards(ShardConfig(extracted=ex, out=sh, frames=cfg.clip_frames, split=split, shard_mb=2.0,
-                                     shuffle_seed=cfg.seed, tail="pad"))
+                                     shuffle_seed=cfg.seed if split == "train" else None,
+                                     tail="drop" if split == "train" else "pad"))
         counts.append(f"{split} {r.samples} clips in {len(r.shards)} shards")
     return ", ".join(counts)
 
@@ -187,7 +181,7 @@ def _predict(cfg: DemoConfig, sh: Path, run: Path, out: Path) -> str:
     from h36m.pipelines.predict.predict import PredictConfig, predict
 
     r = predict(PredictConfig(run=str(run), shards=[str(sh / "train-*.tar"), str(sh / "test-*.tar")], out=out,
-                              batch_size=cfg.batch_size, workers=cfg.workers))
+                              workers=cfg.workers))
     return f"{r.clips} clips -> {r.sequences} whole sequences x 4 cameras ({len(r.skipped)} left out)"
 
 
@@ -206,12 +200,11 @@ def _train(cfg: DemoConfig, sh: Path, run: Path, stage: str, init: Path | None, 
         from h36m.h36m_tools.names import TRAIN_SUBJECTS
 
         result = train(TrainConfig(out=str(run), preset="tiny", stage="lift", init=str(init), data=str(ex),
-                                   keypoints=str(keypoints), epochs=cfg.epochs_lift, batch_size=cfg.batch_lift,
-                                   lr=cfg.lr_lift, seed=cfg.seed, checkpoint_every=100,
+                                   keypoints=str(keypoints), epochs=cfg.epochs_lift, seed=cfg.seed,
+                                   checkpoint_every=100,
                                    subjects=",".join(s for s in cfg.subjects if s in TRAIN_SUBJECTS)), on_progress=on)
     else:
         result = train(TrainConfig(shards=str(sh / "train-*.tar"), out=str(run), preset="tiny", stage=stage,
-                                   init=str(init) if init else None, epochs=cfg.epochs_2d, batch_size=cfg.batch_size,
-                                   lr=cfg.lr_2d, workers=cfg.workers, seed=cfg.seed, augment=cfg.augment,
-                                   checkpoint_every=100), on_progress=on)
+                                   init=str(init) if init else None, epochs=cfg.epochs_2d, workers=cfg.workers,
+                                   seed=cfg.seed, checkpoint_every=100), on_progress=on)
     return f"{result.steps} steps, last loss {result.last_loss:.4f}"

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from h36m.cli import main
 
-SMALL = ["--subjects", "S1,S9", "--actions", "Walking", "--frames", "24", "--epochs-2d", "1",
+SMALL = ["--subjects", "S1,S9", "--actions", "Walking", "--frames", "32", "--epochs-2d", "1",
          "--epochs-lift", "2"]
 
 
@@ -26,8 +26,8 @@ def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
     state = json.loads((out / "demo.json").read_text())
     assert state["done"] == ["synth", "extract", "shard", "train-2d", "predict", "train-lift"]
     report = json.loads((out / "report" / "results.json").read_text())
-    assert report["subjects"] == ["S9"] and report["frames"]["Mean pose"] == 4 * 24 and report["stage"] == "lift"
-    assert report["frames"]["PoseFormer, pred.npz"] == 4 * 24 and report["flip"]
+    assert report["subjects"] == ["S9"] and report["frames"]["Mean pose"] == 4 * 32 and report["stage"] == "lift"
+    assert report["frames"]["PoseFormer, pred.npz"] == 4 * 32 and report["flip"]
     assert json.loads((out / "runs" / "2d" / "config.json").read_text())["train"]["stage"] == "2d"
     assert json.loads((out / "runs" / "lift" / "config.json").read_text())["train"]["init"] == str(out / "runs" / "2d")
     # again: nothing is redone (same files), the report is rebuilt
@@ -51,3 +51,19 @@ def test_full_demo_beats_the_mean_pose_baseline(tmp_path):
     assert result.report.subjects == ["S9", "S11"]
     assert result.beats_baseline, [(i.metric, i.ours, i.baseline) for i in result.improvement]
     assert sum(result.seconds.values()) < 600
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("H36M_FULL_TOUR"), reason="the README's tour takes minutes: set H36M_FULL_TOUR=1")
+def test_the_readme_tour_as_written_trains_models_that_beat_the_mean_pose(tmp_path):
+    """bench/run_tour.py: the README's tour block in a fresh folder; the 2-D network above the mean 2-D pose's AP,
+    the lifter on the tour's own predicted 2-D at least 10 % below the mean pose's MPJPE."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "bench" / "run_tour.py"), "--dir", str(tmp_path / "tour")],
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "ok: Table I AP" in proc.stdout and "ok: Table II MPJPE" in proc.stdout

@@ -109,9 +109,15 @@ def test_report_files_and_plots(report, tmp_path):
     assert header[3:18] == list(ACTIONS) and header[18:20] == ["Avg", "All"]
     md = (tmp_path / "results.md").read_text()
     assert "| Method | Dir. | Disc. |" in md and "Protocol #2: P-MPJPE (mm)" in md
-    assert len(report.plots) == 4                                          # per action, PCK, 2 clips
+    # a 2d run's figures show what it trained, its 2-D: PCK and 2 clips, no 3-D bars or untrained lifter's poses
+    assert [Path(p).name for p in report.plots][:1] == ["pck.png"] and len(report.plots) == 3
+    assert all(c.pred3d is None for c in report.clip_plots)
     for p in report.plots:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(p).stat().st_size > 5000
+    import matplotlib.image
+
+    clip, views = matplotlib.image.imread(report.plots[-1]), len(report.clip_plots[-1].images)
+    assert clip.shape[0] > 0.6 * views * clip.shape[1]   # one column (2-D of each view, no 3-D panel): ~0.8 x views
     assert sum(line.startswith("3d,") for line in to_csv(report).splitlines()) == len(report.rows3d)
 
 
@@ -128,7 +134,8 @@ def test_cli_prints_the_table_and_names_the_policies(run2d, train_data, tmp_path
                  "3-D rows: the mean pose only"):
         assert text in out, text
     assert "PoseFormer, GT 2-D" not in out          # the 2d run's lifter is untrained: no 3-D rows of it
-    assert (tmp_path / "rep" / "results.md").exists() and (tmp_path / "rep" / "plots" / "per_action.png").exists()
+    assert (tmp_path / "rep" / "results.md").exists() and (tmp_path / "rep" / "plots" / "pck.png").exists()
+    assert not (tmp_path / "rep" / "plots" / "per_action.png").exists()
     res = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path / "nope"), "--shards", train_data.test])
     assert res.exit_code == 1 and "checkpoint not found" in res.output and len(res.output.strip().splitlines()) == 1
     res = CliRunner().invoke(main, ["evaluate", "--run", str(run2d), "--shards", str(tmp_path / "none-*.tar")])

@@ -109,3 +109,18 @@ def test_nothing_generic_is_installed_at_the_top_level(tmp_path):
     assert version[0].isdigit() and installed.strip() == "[]"
     res = subprocess.run([sys.executable, "-m", "h36m", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0 and "Usage:" in res.stdout, res.stderr
+
+
+def test_help_flows_chain_and_name_every_preset():
+    """`h36m --help`'s typical flow makes the test shards it evaluates; `train --help` names every model preset."""
+    from click.testing import CliRunner
+
+    from h36m.cli import main
+    from h36m.model import PRESETS
+
+    flow = [x.strip() for x in CliRunner().invoke(main, ["--help"]).output.splitlines() if x.strip().startswith("h36m")]
+    made = [x for x in flow if x.startswith("h36m shard") and "--split test" in x]
+    used = [x for x in flow if x.startswith("h36m evaluate") and "test-*.tar" in x]
+    assert made and used and flow.index(made[0]) < flow.index(used[0])
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    assert all(name in text.replace(",", " ").split() for name in PRESETS), text

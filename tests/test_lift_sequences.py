@@ -36,11 +36,14 @@ def per_image_run(tmp_path_factory):
 
 
 def test_predict_gives_the_same_sequences_whatever_the_clips(train_data, per_image_run, tmp_path):
+    from h36m.h36m_tools.npz import keypoints_2d
+
     files = {}
-    for name, frames, stride in (("a", 8, 8), ("b", 12, 5)):     # b: overlapping clips (frames averaged)
+    # b: overlapping clips (frames averaged); c: the tail dropped (frames 20-23 in no clip)
+    for name, frames, stride, tail in (("a", 8, 8, "pad"), ("b", 12, 5, "pad"), ("c", 10, 10, "drop")):
         sh = tmp_path / name
         cli("shard", train_data.extracted, sh, "--frames", frames, "--stride", stride, "--split", "test", "--tail",
-            "pad", "--shard-mb", 1, "--no-shuffle")
+            tail, "--shard-mb", 1, "--no-shuffle")
         files[name] = tmp_path / f"{name}.npz"
         res = cli("predict", "--run", per_image_run, "--shards", str(sh / "test-*.tar"), "--out", files[name],
                   "--workers", 0)
@@ -55,6 +58,15 @@ def test_predict_gives_the_same_sequences_whatever_the_clips(train_data, per_ima
                 assert va.shape == (24, 17, 2) and va.dtype == np.float32       # one value per frame, all frames
                 np.testing.assert_allclose(va, vb, atol=1e-3)
                 assert np.ptp(va[..., 0]) > 1.0                                 # full-frame pixels, not crop units
+    # every frame of every sequence whatever the tail mode: those past the last clip hold its last frame, with
+    # confidence 0, so the file feeds the lift stage (which wants every frame)
+    c, _, conf = keypoints_2d(files["c"])
+    for subject in a:
+        for action in a[subject]:
+            for va, vc, cc in zip(a[subject][action], c[subject][action], conf[subject][action]):
+                assert vc.shape == va.shape
+                np.testing.assert_allclose(vc[:20], va[:20], atol=1e-3)
+                assert (vc[20:] == vc[19]).all() and (cc[20:] == 0).all() and (cc[:20] > 0).all()
 
 
 def test_the_lifter_gives_a_frame_one_prediction_whatever_the_clips(train_data):

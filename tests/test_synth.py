@@ -30,6 +30,18 @@ def test_sequence_choice_uses_real_names_and_covers_actions():
         set(SEQS.items())
 
 
+def test_by_default_every_subject_performs_the_same_actions():
+    from h36m.pipelines.synth.release import DEFAULT_ACTIONS
+
+    jobs = choose_sequences(SynthConfig(out="."))
+    for subject in ("S1", "S5", "S9", "S11"):
+        assert [names.canonical_action(j.name) for j in jobs if j.subject == subject] == list(DEFAULT_ACTIONS)
+    with pytest.raises(ValueError, match="not both"):
+        choose_sequences(SynthConfig(out=".", actions=("Walking",), sequences_per_subject=2))
+    res = CliRunner().invoke(main, ["synth", "x", "--actions", "Walking", "--sequences-per-subject", "2"])
+    assert res.exit_code == 1 and "not both" in res.output and len(res.output.strip().splitlines()) == 1
+
+
 def test_actions_give_every_subject_the_same_actions_with_real_names():
     jobs = choose_sequences(SynthConfig(out=".", actions=("Walking", "Photo", "Eating")))
     table = names.sequence_table()

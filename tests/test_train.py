@@ -169,6 +169,33 @@ def test_ctrl_c_saves_and_the_cli_resumes(train_data, run2d, tmp_path):
     assert [x for _, x, _ in losses(out)] == pytest.approx([x for _, x, _ in losses(run2d)], abs=1e-6)
 
 
+def test_piped_output_gets_a_progress_line_at_a_steady_interval(train_data, tmp_path):
+    """Under a scheduler or `| tee` (stdout not a terminal) the bar cannot redraw: train prints a plain line every
+    H36M_PROGRESS_EVERY seconds with the step, rate, loss and time left, and no terminal control codes."""
+    import re
+
+    cmd = [python(), "-m", "h36m", "train", "--shards", train_data.train, "--out", str(tmp_path / "piped"), "--epochs",
+           "3", "--batch-size", "2", "--workers", "1", "--checkpoint-every", "0"]
+    env = {**os.environ, "H36M_PROGRESS_EVERY": "0.2"}
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
+                          env=env)
+    took = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = re.compile(r"epoch (\d)/3: (\d+)/12 steps \(\d+ %\), ([\d.]+) steps/s, loss (-?[\d.]+), lr [\d.e+-]+, "
+                      r"\d+ img/s, wait \d+%, \d:\d\d:\d\d elapsed, \d:\d\d:\d\d left$")
+    found = [line.match(x) for x in proc.stdout.splitlines()]
+    found = [m for m in found if m]
+    # 12 steps of a few tenths of a second each: a line after (nearly) every step, never two for one step
+    assert len(found) >= 4, proc.stdout
+    steps = [int(m[2]) for m in found]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] >= 10
+    assert all(float(m[3]) > 0 and math.isfinite(float(m[4])) for m in found)
+    assert [int(m[1]) for m in found] == sorted(int(m[1]) for m in found)
+    assert "\x1b[" not in proc.stdout and "\r" not in proc.stdout and took < 300
+    assert "step 12/12, complete" in proc.stdout
+
+
 def test_torchrun_two_processes_on_cpu(train_data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "h36m", "train",

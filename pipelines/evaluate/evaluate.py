@@ -134,7 +134,7 @@ class ClipPlot:
     gt2d: np.ndarray            # (V, 17, 2) crop px
     pred2d: np.ndarray          # (V, 17, 2) crop px
     gt3d: np.ndarray            # (V, 17, 3) mm
-    pred3d: np.ndarray          # (V, 17, 3) mm
+    pred3d: np.ndarray | None   # (V, 17, 3) mm; None for a 2d-stage run (its lifter is untrained)
 
 
 @dataclass
@@ -328,7 +328,8 @@ def collect(cfg: EvalConfig, on_progress, loaded: tuple) -> tuple[list[ViewClip]
                         key=batch["key"][b],
                         images=batch["images"][b, :nviews, t].permute(0, 2, 3, 1).numpy().copy(),
                         gt2d=batch["pose2d"][b, :nviews, t].numpy().copy(), pred2d=pred2d[b, :nviews, t].copy(),
-                        gt3d=gt3d[b, :nviews, t].copy(), pred3d=p3[base:base + nviews, t].copy()))
+                        gt3d=gt3d[b, :nviews, t].copy(),
+                        pred3d=None if stage == "2d" else p3[base:base + nviews, t].copy()))
             if on_progress is not None:
                 on_progress(EvalProgress(clips, total, int(sum(v.counted.sum() for v in views))))
     info = {"model": net.cfg.name, "input_size": int(net.cfg.spatial.img_size), "clip_frames": clip_frames}

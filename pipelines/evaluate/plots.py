@@ -78,18 +78,21 @@ def _bones(ax, joints, color, lw=1.5, three_d=False):
 
 
 def plot_clip(c: ClipPlot, path) -> Path:
-    """One row per view: the crop with true (green) and predicted (red) 2-D joints, and both 3-D poses."""
+    """One row per view: the crop with true (green) and predicted (red) 2-D joints, and beside it both 3-D poses
+    where the run has a trained lifter (c.pred3d; a 2d-stage run's figure is its 2-D only)."""
     plt = _plt()
-    v = len(c.images)
-    fig = plt.figure(figsize=(6, 3 * v))
+    v, cols = len(c.images), 1 if c.pred3d is None else 2
+    fig = plt.figure(figsize=(3 * cols, 3 * v))
     for i in range(v):
-        ax = fig.add_subplot(v, 2, 2 * i + 1)
+        ax = fig.add_subplot(v, cols, cols * i + 1)
         ax.imshow(c.images[i])
         _bones(ax, c.gt2d[i], "#2ca02c")
         _bones(ax, c.pred2d[i], "#d62728")
         ax.set_axis_off()
-        ax.set_title(f"{c.key} view {i}", fontsize=8)
-        ax3 = fig.add_subplot(v, 2, 2 * i + 2, projection="3d")
+        ax.set_title(f"{c.key} view {i}: green true, red predicted", fontsize=7)
+        if c.pred3d is None:
+            continue
+        ax3 = fig.add_subplot(v, cols, cols * i + 2, projection="3d")
         _bones(ax3, c.gt3d[i], "#2ca02c", three_d=True)
         _bones(ax3, c.pred3d[i], "#d62728", three_d=True)
         lim = max(float(np.abs(c.gt3d[i]).max()), 1.0)

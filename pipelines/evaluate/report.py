@@ -245,7 +245,9 @@ def write_report(r: EvalReport, out: str | os.PathLike, plots: bool = True) -> E
         from h36m.pipelines.evaluate.plots import plot_clip, plot_pck, plot_per_action
 
         pdir = out / "plots"
-        r.plots = [str(plot_per_action(r, pdir / "per_action.png")), str(plot_pck(r, pdir / "pck.png"))]
+        # a 2d-stage run's figures are of its 2-D: no 3-D bars of the mean pose alone
+        r.plots = ([] if r.stage == "2d" else [str(plot_per_action(r, pdir / "per_action.png"))]) + \
+            [str(plot_pck(r, pdir / "pck.png"))]
         for c in r.clip_plots:
             r.plots.append(str(plot_clip(c, pdir / f"clip_{c.key.replace('/', '_')}.png")))
     r.files = [str(out / n) for n in ("results.json", "results.csv", "results.md")]

@@ -11,15 +11,16 @@ back (skeleton.flip_joints) and averaged with the plain one. Crop pixels go to f
 clip's boxes (extract.crop.to_full), then to the camera's nominal frame (h36m_tools.cameras.nominal_frame: 1000x1002
 / 1000x1000 for H36M, whatever the video's size), the frame VideoPose3D projects into.
 The file (h36m_tools.npz for the layout): positions_2d[subject][action][camera index] (N, 17, 2) float32, N = the
-last covered frame + 1, actions named as VideoPose3D names them (interchange.npzfile.vp3d_action), cameras in
-CAMERA_IDS order, and `metadata` (interchange.npzfile.metadata_2d: layout_name, num_joints, keypoints_symmetry and
+sequence's frames as the shards' index gives them (`sequence_frames`: frames past the last clip, which shards cut
+with `--tail drop` leave out, hold the last predicted frame, with confidence 0), or the last covered frame + 1,
+actions named as VideoPose3D names them (interchange.npzfile.vp3d_action), cameras in CAMERA_IDS order, and `metadata` (interchange.npzfile.metadata_2d: layout_name, num_joints, keypoints_symmetry and
 the pixel frame). A network with a confidence head
 (model.head) also gives confidence_2d[subject][action][camera index] (N, 17) float32 in (0, 1], a member of its own
 beside positions_2d (averaged over flips and overlapping clips like the coordinates): VideoPose3D's and PoseFormer's
 loaders read only `positions_2d` and `metadata`, and size their networks' input by the last axis of positions_2d, so
 a third channel would change what they build; a separate member changes nothing for them. A network without the
-head (an older checkpoint) writes no confidence_2d. A sequence missing a camera, or with a frame no clip covers, is
-left out and listed.
+head (an older checkpoint) writes no confidence_2d. A sequence missing a camera, or with a frame inside it that no
+clip covers, is left out and listed.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class PredictResult:
     clips: int
     skipped: dict[str, str] = field(default_factory=dict)   # 'S11/Directions' -> why
     confidence: bool = False                # confidence_2d written (the network has a confidence head)
+    held: int = 0                           # (view, frame) values past the last clip held from the last frame
 
 
 class Stitcher:
@@ -78,16 +80,29 @@ class Stitcher:
         np.add.at(s, frames, joints)
         np.add.at(c, frames, 1)
 
-    def sequences(self) -> dict[tuple[str, str], dict[str, np.ndarray | str]]:
+    def sequences(self, lengths: dict[tuple[str, str], int] | None = None
+                  ) -> dict[tuple[str, str], dict[str, np.ndarray | str]]:
         """(subject, sequence) -> camera -> (N, 17, C) mean px (and channels), or a string saying which frames are
-        missing."""
+        missing. N is the sequence's length from `lengths` where it is known (frames past the last clip, which shards
+        cut with `--tail drop` leave out, hold the last predicted frame, with a confidence channel of 0), else the
+        last covered frame + 1. `self.held` counts the held (camera, frame) values."""
         out: dict[tuple[str, str], dict] = {}
+        self.held = 0
         for (subject, sequence, camera), s in self.sums.items():
             c = self.counts[(subject, sequence, camera)]
             missing = np.flatnonzero(c == 0)
-            out.setdefault((subject, sequence), {})[camera] = (
-                f"camera {camera}: {len(missing)} frames no clip covers (first {missing[0]})" if len(missing)
-                else s / c[:, None, None])
+            if len(missing):
+                out.setdefault((subject, sequence), {})[camera] = \
+                    f"camera {camera}: {len(missing)} frames no clip covers (first {missing[0]})"
+                continue
+            joints = s / c[:, None, None]
+            tail = (lengths or {}).get((subject, sequence), len(joints)) - len(joints)
+            if tail > 0:
+                held = np.repeat(joints[-1:], tail, axis=0)
+                held[..., 2:] = 0.0
+                joints = np.concatenate([joints, held])
+                self.held += tail
+            out.setdefault((subject, sequence), {})[camera] = joints
         return out
 
 
@@ -152,7 +167,12 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
     positions: dict[str, dict[str, list[np.ndarray]]] = {}
     confidences: dict[str, dict[str, list[np.ndarray]]] = {}
     skipped, frames = {}, 0
-    for (subject, sequence), cams in sorted(stitch.sequences().items()):
+    from h36m.pipelines.shards.urls import expand_urls, sequence_frames
+
+    known = sequence_frames(expand_urls(cfg.shards))
+    lengths = {(subject, sequence): known[sequence_key(subject, sequence)]
+               for subject, sequence, _ in stitch.sums if sequence_key(subject, sequence) in known}
+    for (subject, sequence), cams in sorted(stitch.sequences(lengths).items()):
         key = sequence_key(subject, sequence)
         problems = [v for v in cams.values() if isinstance(v, str)]
         absent = [c for c in CAMERA_IDS if c not in cams]
@@ -171,4 +191,5 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
                         + ")")
     extra = {"confidence_2d": confidences} if with_conf else {}
     write_npz(cfg.out, positions_2d=positions, metadata=metadata_2d(), **extra)
-    return PredictResult(Path(cfg.out), sum(len(v) for v in positions.values()), frames, clips, skipped, with_conf)
+    return PredictResult(Path(cfg.out), sum(len(v) for v in positions.values()), frames, clips, skipped, with_conf,
+                         stitch.held)

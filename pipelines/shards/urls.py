@@ -14,6 +14,8 @@ from pathlib import Path
 
 from h36m.pipelines.shards.sample import SHARD_RE
 
+MAX_SEQUENCE_FRAMES = 1_000_000         # an index's sequence length above this is not believed (H36M's: < 7000)
+
 
 def expand_urls(urls: str | list[str]) -> list[str]:
     """Brace patterns (`a-{000000..000003}.tar`), `::`-separated lists and local globs -> a list of URLs, in order
@@ -80,8 +82,8 @@ def _fetch_index(index_url: str) -> dict | None:
         return None
 
 
-def shard_counts(urls: list[str]) -> list[int | None]:
-    """Samples per shard from the `{split}-index.json` beside each shard (None where no index lists it)."""
+def _indexes(urls: list[str]) -> list[tuple[str, dict]]:
+    """(shard file name, the `{split}-index.json` beside it, {} where there is none) for each URL."""
     cache: dict[str, dict | None] = {}
     out = []
     for url in urls:
@@ -89,15 +91,37 @@ def shard_counts(urls: list[str]) -> list[int | None]:
         name = target.rsplit("/", 1)[-1] if target else ""
         m = SHARD_RE.match(name)
         if not m:
-            out.append(None)
+            out.append((name, {}))
             continue
         index_url = target[: len(target) - len(name)] + f"{m.group('split')}-index.json"
         if index_url not in cache:
             cache[index_url] = _fetch_index(index_url)
-        index = cache[index_url] or {}
-        counts = {e.get("name"): e.get("samples") for e in index.get("shards", []) if isinstance(e, dict)}
+        index = cache[index_url]
+        out.append((name, index if isinstance(index, dict) else {}))
+    return out
+
+
+def shard_counts(urls: list[str]) -> list[int | None]:
+    """Samples per shard from the `{split}-index.json` beside each shard (None where no index lists it)."""
+    out = []
+    for name, index in _indexes(urls):
+        shards = index.get("shards")
+        counts = {e.get("name"): e.get("samples") for e in shards if isinstance(e, dict)} \
+            if isinstance(shards, list) else {}
         n = counts.get(name)
         out.append(int(n) if isinstance(n, int) else None)
+    return out
+
+
+def sequence_frames(urls: list[str]) -> dict[str, int]:
+    """'{subject}/{sequence}' (clip keys' prefix) -> frames of the extracted sequence, from the indexes beside the
+    shards (`sequence_frames`; entries that are not a positive int below MAX_SEQUENCE_FRAMES are ignored)."""
+    out: dict[str, int] = {}
+    for _, index in _indexes(urls):
+        lengths = index.get("sequence_frames")
+        if isinstance(lengths, dict):
+            out.update({k: v for k, v in lengths.items()
+                        if isinstance(k, str) and type(v) is int and 0 < v < MAX_SEQUENCE_FRAMES})
     return out
 
 

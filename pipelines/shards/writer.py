@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.names import subject_order
+from h36m.h36m_tools.names import sequence_key, subject_order
 from h36m.pipelines.files import remove_stale_temporaries, sha256_file, temporary_name, write_atomic
 from h36m.pipelines.shards.sample import (CAMERA_FIELDS, FORMAT, MAX_FRAMES, SHARD_RE, SPLITS, TAILS, Clip, clip_key,
                                           encode_clip, json_bytes)
@@ -136,6 +136,7 @@ class ShardPlan:
     clips: list[ClipRef]
     sequences: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    lengths: dict[str, int] = field(default_factory=dict)   # '{subject}/{sequence}' (clip keys' prefix) -> frames
 
 
 def _check_sequence(path: Path):
@@ -171,7 +172,7 @@ def plan_clips(cfg: ShardConfig) -> ShardPlan:
         raise H36MError(Path(cfg.extracted) / "manifest.json", f"unreadable manifest ({e})") from None
     if not paths:
         raise H36MError(cfg.extracted, f"no extracted sequences of subjects {','.join(cfg.chosen_subjects)}")
-    clips, good, skipped, lengths = [], [], {}, []
+    clips, good, skipped, lengths, frames_of = [], [], {}, [], {}
     for p in paths:
         try:
             meta = _check_sequence(p)
@@ -180,6 +181,7 @@ def plan_clips(cfg: ShardConfig) -> ShardPlan:
             continue
         good.append(str(p))
         lengths.append(meta.frames)
+        frames_of[sequence_key(meta.subject, meta.sequence)] = meta.frames
         clips += [ClipRef(str(p), s, n) for s, n in clip_starts(meta.frames, cfg.frames, cfg.step, cfg.tail)]
     if not good:
         raise H36MError(paths[0], f"no readable sequence ({skipped[str(paths[0])]})")
@@ -189,7 +191,7 @@ def plan_clips(cfg: ShardConfig) -> ShardPlan:
     if cfg.shuffle_seed is not None:
         order = np.random.default_rng(cfg.shuffle_seed).permutation(len(clips))
         clips = [clips[i] for i in order]
-    return ShardPlan(clips, good, skipped)
+    return ShardPlan(clips, good, skipped, dict(sorted(frames_of.items())))
 
 
 # ----------------------------------------------------------------------------------------- reading clip rows
@@ -663,7 +665,8 @@ def write_shards(cfg: ShardConfig, on_progress: Callable[[ShardProgress], None] 
     index = {"format": FORMAT, "split": cfg.split, "frames": cfg.frames, "stride": cfg.step, "tail": cfg.tail,
              "shuffle_seed": cfg.shuffle_seed, "subjects": sorted({Path(s).parent.name for s in sequences},
                                                                   key=subject_order),
-             "sequences": len(sequences), "samples": sum(e["samples"] for e in shards), "shards": shards}
+             "sequences": len(sequences), "sequence_frames": plan.lengths,
+             "samples": sum(e["samples"] for e in shards), "shards": shards}
     ipath = index_path(out, cfg.split)
     write_atomic(ipath, json.dumps(index, indent=1) + "\n")
     journal.unlink(missing_ok=True)

@@ -36,15 +36,21 @@ TRUNCATED = ("S11", "Directions", "54138969")
 FPS = 50
 
 
+#: What every subject performs unless told otherwise: a lifter learns the same actions it is tested on, as with the real
+#: release (with actions spread over the subjects it stays near the mean pose: bench/RESULTS_train.md).
+DEFAULT_ACTIONS = ("Directions", "Eating", "Walking")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Options of `h36m synth`."""
     out: Path
     subjects: tuple[str, ...] = ("S1", "S5", "S9", "S11")
-    sequences_per_subject: int = 3
     actions: tuple[str, ...] = ()           # every subject performs these (canonical names, h36m_tools.names.ACTIONS),
-                                            # as in the real release; () spreads sequences_per_subject actions over
-                                            # the subjects instead (more actions, each seen by fewer subjects)
+                                            # as in the real release [default: DEFAULT_ACTIONS]
+    sequences_per_subject: int | None = None  # instead of actions: this many actions per subject spread over the
+                                            # subjects (more actions, each seen by fewer subjects: a lifter trained
+                                            # on some meets unseen ones on S9 / S11)
     frames: int = 150
     scale: float = 0.25
     seed: int = 0
@@ -70,10 +76,15 @@ def video_size(camera_id: str, scale: float) -> tuple[int, int]:
 
 
 def choose_sequences(cfg: SynthConfig) -> list[SynthJob]:
-    """Which real sequence names to generate: cfg.actions for every subject, or sequences_per_subject actions spread
-    over the subjects; S11 `Directions` included with quirks."""
+    """Which real sequence names to generate: cfg.actions (DEFAULT_ACTIONS if none) for every subject, or
+    sequences_per_subject actions spread over the subjects (S11 `Directions` included with quirks)."""
     table = sequence_table()
-    unknown = [a for a in cfg.actions if a not in ACTIONS]
+    if cfg.actions and cfg.sequences_per_subject is not None:
+        raise ValueError("give the actions (--actions) or a number of sequences per subject (--sequences-per-subject), "
+                         "not both")
+    spread = cfg.sequences_per_subject is not None
+    chosen = () if spread else cfg.actions or DEFAULT_ACTIONS
+    unknown = [a for a in chosen if a not in ACTIONS]
     if unknown:
         raise ValueError(f"unknown action {unknown[0]!r} (H36M's are {', '.join(ACTIONS)})")
     jobs = []
@@ -85,13 +96,13 @@ def choose_sequences(cfg: SynthConfig) -> list[SynthJob]:
         for name, entry in table[subject].items():
             by_action.setdefault(entry["action_id"], {})[entry["subaction_id"]] = name
         actions = sorted(a for a in by_action if a != 1)
-        if cfg.actions:
+        if not spread:
             named = {canonical_action(by_action[a][1]): by_action[a] for a in actions}
-            picks = [named[a][(k + j) % 2 + 1] for j, a in enumerate(cfg.actions)]
+            picks = [named[a][(k + j) % 2 + 1] for j, a in enumerate(chosen)]
         else:
             picks = [by_action[actions[(k * cfg.sequences_per_subject + j) % len(actions)]][(k + j) % 2 + 1]
                      for j in range(min(cfg.sequences_per_subject, len(names)))]
-        if cfg.quirks and not cfg.actions and subject == TRUNCATED[0] and TRUNCATED[1] not in picks and picks:
+        if cfg.quirks and spread and subject == TRUNCATED[0] and TRUNCATED[1] not in picks and picks:
             picks[0] = TRUNCATED[1]
         seen = []
         for p in picks:
