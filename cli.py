@@ -404,7 +404,7 @@ def _train_progress(console):
               "globs, pipe:..., http(s)://...")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
 @click.option("--preset", help="Model preset: tiny (64 px, CPU) or paper (Swin-T 224) [default: tiny].")
-@click.option("--stage", type=click.Choice(["2d", "lift", "joint"]), help="What to train [default: 2d].")
+@click.option("--stage", type=click.Choice(["2d", "lift", "joint", "triangulate"]), help="What to train [default: 2d].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file of TrainConfig fields (and [model] overrides); options given here win.")
 @click.option("--init", help="Run folder or checkpoint to start from (e.g. the 2d run for --stage lift).")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures_train import run2d, train_config, train_data  # noqa: F401  (fixtures)
 from h36m.h36m_tools.cameras import bundled, camera_to_world, world_to_camera
 from h36m.h36m_tools.triangulate import fuse_lifted, triangulate_dlt
 from h36m.model.triangulation import camera_tensors, crop_to_frame, triangulate, undistort
@@ -120,3 +121,70 @@ def test_fusion_averages_noise_and_a_garbage_view_barely_moves_it():
     w[2] = 0.0
     fused_w = fuse_lifted(bad, R, w)
     np.testing.assert_allclose(fused_w, fuse_lifted(np.delete(lifted, 2, 0), np.delete(R, 2, 0)), atol=1e-6)
+
+
+# ----- the triangulate stage ----------------------------------------------------------------------------------
+
+def test_shard_ground_truth_through_the_loss_chain_gives_the_world_joints(train_data):
+    """crop units -> frame px through the box -> undistorted with the clip's cameras -> triangulated: the shards'
+    own 2-D gives their world joints, mirrored clips (the loader's flip, cameras mirrored with them) included."""
+    from h36m.model import ModelOutput
+    from h36m.pipelines.loader.loader import LoaderConfig, batch_crop_size, make_loader
+    from h36m.pipelines.train.losses import triangulation_loss
+
+    loader = make_loader(LoaderConfig(urls=train_data.train, batch_size=2, workers=0, augment=True, seed=3))
+    flipped = 0
+    for batch in loader:
+        crop = batch_crop_size(batch)
+        mask = batch["view_mask"].bool()
+        target = batch["pose2d"].double() / crop
+        cams = camera_tensors(batch["cameras"], mask.shape[1])
+        out = ModelOutput(target.clone(), None, None)
+        loss, err2d, m = triangulation_loss(out, mask, target, batch["box"].double(), *cams, batch["pose3d"].double())
+        assert float(err2d) == 0 and float(m) * 1000 < 1.0, (batch["key"], float(m) * 1000)
+        flipped += sum(bool(meta.get("flipped")) for meta in batch["meta"])
+    assert flipped > 0
+
+
+def test_the_3d_loss_reaches_the_joints_and_the_confidences(train_data, run2d):
+    from h36m.model import ModelConfig, build_model, normalise_images
+    from h36m.pipelines.loader.loader import LoaderConfig, batch_crop_size, make_loader
+    from h36m.pipelines.train.checkpoint import load_checkpoint
+    from h36m.pipelines.train.losses import triangulation_loss
+
+    state = load_checkpoint(run2d)
+    net = build_model(ModelConfig.from_dict(state["config"]["model"]))
+    net.load_state_dict(state["model"])
+    batch = next(iter(make_loader(LoaderConfig(urls=train_data.train, batch_size=2, workers=0))))
+    mask = batch["view_mask"].bool()
+    out = net(normalise_images(batch["images"], net.cfg.spatial), mask, batch["view_index"])
+    target = batch["pose2d"].float() / batch_crop_size(batch)
+    cams = camera_tensors(batch["cameras"], mask.shape[1])
+    args = (out, mask, target, batch["box"].double(), *cams, batch["pose3d"].double())
+    with_3d, _, m = triangulation_loss(*args, weight3d=1.0)
+    (with_3d - triangulation_loss(*args, weight3d=0.0)[0]).backward()            # the 3-D term's gradient alone
+    assert torch.isfinite(m) and 0 < float(m) < 2.0            # metres: a poor 2-D network, not a broken chain
+    conf = net.head.confidence_parameters()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in conf)
+    assert net.head.offset[-1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_triangulate_stage_starts_from_a_2d_run_and_resumes_to_the_unbroken_run(train_data, run2d, tmp_path):
+    from h36m.pipelines.train.checkpoint import load_checkpoint
+    from h36m.pipelines.train.loop import read_metrics, resume, train
+
+    whole = train(train_config(train_data, tmp_path / "whole", stage="triangulate", init=str(run2d), epochs=1))
+    broken = train(train_config(train_data, tmp_path / "broken", stage="triangulate", init=str(run2d), epochs=1,
+                                max_steps=2))
+    assert (broken.steps, broken.done) == (2, False)
+    done = resume(tmp_path / "broken")
+    assert done.done and done.steps == whole.steps
+    a, b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "broken")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], abs=1e-6)
+    assert all(0 < r["mpjpe_mm"] < 2000 for r in a) and all(r["err2d_px"] > 0 for r in a)
+    wa, wb = load_checkpoint(tmp_path / "whole")["model"], load_checkpoint(tmp_path / "broken")["model"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    start = load_checkpoint(run2d)["model"]
+    assert not torch.equal(wa["head.scale_joint"], start["head.scale_joint"])       # the confidences trained
+    assert torch.equal(wa["lifter.head.1.weight"], start["lifter.head.1.weight"])    # the lifter did not

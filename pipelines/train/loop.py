@@ -40,7 +40,7 @@ from h36m.pipelines.files import write_atomic
 from h36m.pipelines.shards.urls import is_pipe
 from h36m.h36m_tools.errors import H36MError
 
-from h36m.pipelines.train.losses import joint_distance, laplace_nll, mpjpe_m
+from h36m.pipelines.train.losses import joint_distance, laplace_nll, mpjpe_m, triangulation_loss
 from h36m.pipelines.train.pose_stats import PoseStats
 from h36m.pipelines.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from h36m.pipelines.train.config import RUN_CONTROL, TrainConfig, from_dict, model_config, resolve, to_dict, to_toml
@@ -136,7 +136,7 @@ def _stage_module(net, cfg: TrainConfig):
         def __init__(self):
             super().__init__()
             self.net = net
-            trainable = {"2d": ("spatial", "relations", "head"),
+            trainable = {"2d": ("spatial", "relations", "head"), "triangulate": ("spatial", "relations", "head"),
                          "joint": ("spatial", "relations", "head", "lifter")}[cfg.stage]
             self.frozen = [m for name, m in net.named_children() if name not in trainable]
             for name, m in net.named_children():
@@ -148,9 +148,11 @@ def _stage_module(net, cfg: TrainConfig):
                 m.eval()
             return self
 
-        def forward(self, images, view_mask, view_index, target2d, target3d):
+        def forward(self, images, view_mask, view_index, target2d, target3d, *geometry):
             nan = target2d.new_tensor(math.nan)
             out = self.net(images, view_mask, view_index)
+            if cfg.stage == "triangulate":
+                return triangulation_loss(out, view_mask, target2d, *geometry, weight3d=cfg.loss3d_weight)
             err2d = joint_distance(out.joints2d, target2d, view_mask)
             loss2d = err2d
             if out.log_scale2d is not None:
@@ -340,7 +342,8 @@ class _Trainer:
 
         cfg = self.cfg
         return make_loader(LoaderConfig(urls=cfg.urls(), batch_size=cfg.batch_size, workers=cfg.workers,
-                                        shuffle=cfg.shuffle, augment=cfg.augment and cfg.stage == "2d",
+                                        shuffle=cfg.shuffle,
+                                        augment=cfg.augment and cfg.stage in ("2d", "triangulate"),
                                         seed=cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world,
                                         equal_batches=True, pin_memory=pin))
 
@@ -450,6 +453,12 @@ class _Trainer:
             m = batch["view_mask"].numpy().astype(bool)
             self.stats.update(batch["pose2d"].numpy()[m] / crop, (batch["pose3d_cam"].numpy()
                                                                   - batch["pose3d_cam"].numpy()[..., :1, :])[m])
+        if cfg.stage == "triangulate":
+            from h36m.model.triangulation import camera_tensors
+
+            cams = camera_tensors(batch["cameras"], view_mask.shape[1], torch.float64, dev)
+            return (images, view_mask, view_index, pose2d, target3d, batch["box"].to(dev).double(), *cams,
+                    batch["pose3d"].to(dev).double())
         return images, view_mask, view_index, pose2d, target3d
 
     def _save(self, done: bool) -> None:
