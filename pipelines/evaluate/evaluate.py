@@ -177,7 +177,7 @@ def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], Non
     if not any(v.counted.any() for v in views):
         raise H36MError(urls[0] if urls else cfg.shards, "no test frames to evaluate (empty shards, or every "
                                                          "sequence excluded)")
-    rows3d = table3d(views, METHODS[:1] if stage == "2d" else METHODS)
+    rows3d = table3d(views, METHODS[:1] if stage in ("2d", "triangulate") else METHODS)
     rows2d = table2d(views, coco=cfg.coco, input_size=info["input_size"])
     counted = [v for v in views if v.counted.any()]
     report = EvalReport(
@@ -230,8 +230,9 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
     from h36m.pipelines.loader.loader import batch_crop_size
     from h36m.pipelines.train.pose_stats import PoseStats
 
-    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
-                       else "cpu")
+    from h36m.pipelines.device import torch_device
+
+    dev = torch_device(cfg.device)
     net, state = load_network(cfg.run, dev)
     stats = PoseStats.from_state(state.get("stats"))
     if stats.count == 0:

@@ -66,7 +66,11 @@ def settings_lines(r: EvalReport) -> list[str]:
 
 
 def stage_note(r: EvalReport) -> list[str]:
-    """What a 2d-stage run's report lacks and where to get it (empty for other stages)."""
+    """What a 2d- or triangulate-stage run's report lacks and where to get it (empty for other stages)."""
+    if r.stage == "triangulate":
+        return ["3-D rows: the mean pose only (a triangulate-stage run trains no lifter; its Table II row: `h36m "
+                "predict` it, then evaluate a lift run with `--keypoints` that file: 'Triangulated (4 views), <file>'; "
+                "docs/triangulation.md)."]
     return ["3-D rows: the mean pose only (a 2d-stage run trains no lifter; for Table II train `--stage lift` and "
             "evaluate that run)."] if r.stage == "2d" else []
 

@@ -128,8 +128,9 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
     if cfg.every < 1:
         raise ValueError(f"--every must be >= 1, got {cfg.every}")
     t0 = time.perf_counter()
-    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
-                       else "cpu")
+    from h36m.pipelines.device import torch_device
+
+    dev = torch_device(cfg.device)
     net, state = load_network(cfg.run, dev)
     train_cfg = state["config"]["train"]
     stats = PoseStats.from_state(state.get("stats"))

@@ -31,7 +31,7 @@ import numpy as np
 from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.npz import METADATA_2D
-from h36m.h36m_tools.skeleton import FLIP17
+from h36m.h36m_tools.skeleton import FLIP17, flip_joints
 from h36m.pipelines.interchange.npzfile import vp3d_action, write_npz
 
 
@@ -89,13 +89,6 @@ class Stitcher:
         return out
 
 
-def unflip_crop(joints: np.ndarray, crop: float) -> np.ndarray:
-    """(..., 17, 2) crop px predicted on a mirrored crop -> the same joints in the plain crop."""
-    out = joints[..., FLIP17, :].copy()
-    out[..., 0] = crop - 1.0 - out[..., 0]
-    return out
-
-
 def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[int]], None]] = None
             ) -> PredictResult:
     """Run, stitch and write cfg.out atomically; `on_progress(clips done, total or None)` after each batch."""
@@ -106,8 +99,9 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
     from h36m.pipelines.loader.loader import LoaderConfig, batch_crop_size, make_loader
     from h36m.pipelines.train.checkpoint import load_network
 
-    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
-                       else "cpu")
+    from h36m.pipelines.device import torch_device
+
+    dev = torch_device(cfg.device)
     net, _ = load_network(cfg.run, dev)
     first = cfg.shards if isinstance(cfg.shards, str) else cfg.shards[0]
     try:
@@ -134,7 +128,7 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
             pred, conf = run(images, mask.to(dev), crop)                                # (B, V, F, 17, 2), (..., 17)
             if cfg.flip:
                 mirrored, mconf = run(images.flip(-1), mask.to(dev), crop)
-                pred = (pred + unflip_crop(mirrored, crop)) / 2
+                pred = (pred + flip_joints(mirrored, crop)) / 2
                 if with_conf:
                     conf = (conf + mconf[..., FLIP17]) / 2
             for b, meta in enumerate(batch["meta"]):

@@ -19,7 +19,7 @@ import numpy as np
 
 from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.skeleton import FLIP17
+from h36m.h36m_tools.skeleton import flip_joints
 
 
 @dataclass
@@ -44,20 +44,6 @@ class ViewSequence:
 def normalize_screen(px: np.ndarray, width: float, height: float) -> np.ndarray:
     """(..., 2) pixels -> VideoPose3D's screen coordinates: x / w * 2 - [1, h / w] (x in [-1, 1], aspect kept)."""
     return px / width * 2.0 - np.array([1.0, height / width])
-
-
-def flip_2d(x: np.ndarray) -> np.ndarray:
-    """Horizontal flip of screen-normalised (..., 17, 2) joints: x -> -x, left and right joints swapped."""
-    out = x[..., FLIP17, :].copy()
-    out[..., 0] *= -1
-    return out
-
-
-def flip_3d(x: np.ndarray) -> np.ndarray:
-    """The matching flip of camera-frame (..., 17, 3) joints: X -> -X, left and right joints swapped."""
-    out = x[..., FLIP17, :].copy()
-    out[..., 0] *= -1
-    return out
 
 
 def pad_edges(x: np.ndarray, pad: int) -> np.ndarray:
@@ -153,9 +139,15 @@ class WindowBank:
             starts.append(offset + np.arange(len(s.pose2d)))
             offset += len(s.pose2d) + 2 * pad
         self.starts = np.concatenate(starts)          # window i covers rows starts[i] .. starts[i] + rf - 1
+        self.keys = [s.key for s in seqs]
+        self.first = np.cumsum([0] + [len(s.pose2d) for s in seqs])[:-1]     # the first window of each sequence
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def key_of(self, i: int) -> str:
+        """The key of the sequence window i belongs to."""
+        return self.keys[int(np.searchsorted(self.first, i, side="right")) - 1]
 
     def batch(self, idx: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Windows `idx`, those with flip True mirrored: (B, rf, 17, 2) inputs, (B, rf or 1, 17, 3) targets mm."""
@@ -163,7 +155,7 @@ class WindowBank:
         x = self.x[rows]
         y = self.y[rows] if self.seq2seq else self.y[rows[:, self.rf // 2]][:, None]
         if flip.any():
-            x[flip], y[flip] = flip_2d(x[flip]), flip_3d(y[flip])
+            x[flip], y[flip] = flip_joints(x[flip]), flip_joints(y[flip])
         return x, y
 
 
@@ -187,5 +179,5 @@ def lift_sequence(lifter, x: np.ndarray, flip: bool = True, chunk: int = 2048) -
     with torch.no_grad():
         out = run(x).astype(np.float64)
         if flip:
-            out = (out + flip_3d(run(flip_2d(x)).astype(np.float64))) / 2
+            out = (out + flip_joints(run(flip_joints(x)).astype(np.float64))) / 2
     return out
