@@ -292,7 +292,13 @@ def lift_settings_lines(r) -> list[str]:
         "counted frames per row: " + ", ".join(f"{m} {n}" for m, n in r.frames.items()) + ".",
         "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
         "Per action: frames pooled over subactions, subjects and cameras. Actions absent from the test data: '-'.",
-    ] + ([_triangulation_line(r)] if r.triangulated else [])
+    ] + ([_fusion_line()] if r.fused else []) + ([_triangulation_line(r)] if r.triangulated else [])
+
+
+def _fusion_line() -> str:
+    return ("Fused rows: the lifter's pose of each of the 4 views rotated into the world by its camera, fused per "
+            "joint (geometric median, then Tukey-reweighted means, weighted by the 2-D confidences where the source has "
+            "them), root-aligned; each frame counted once.")
 
 
 def _triangulation_line(r) -> str:
