@@ -148,6 +148,14 @@ def nominal_frame(camera_id: str, width: float, height: float) -> tuple[float, i
     return known.width / float(width), int(known.width), int(known.height)
 
 
+def nominal_camera(camera: Camera) -> tuple[Camera, float]:
+    """A camera whose intrinsics are at its video's size -> (the same camera at its nominal frame, the scale
+    nominal px / video px): projections with it land in the nominal frame (nominal_frame)."""
+    k = camera.intrinsics
+    s, w, h = nominal_frame(camera.id, k.width, k.height)
+    return Camera(camera.id, k.for_video(w, h), camera.extrinsics), s
+
+
 def screen_affine(width: float, height: float) -> tuple[np.ndarray, np.ndarray]:
     """(scale (2,), offset (2,)) of VideoPose3D's screen normalisation of a width x height frame (its
     common/camera.py normalize_screen_coordinates: X / w * 2 - [1, h / w]): screen = px * scale + offset, x in

@@ -47,6 +47,15 @@ def crop_to_screen(box: np.ndarray, crop: float, cameras: list[list[dict]]) -> t
     return scale, offset
 
 
+def crop_to_nominal(points: np.ndarray, box: np.ndarray, crop: float, camera: dict) -> np.ndarray:
+    """(F, 17, 2) crop px of one view of a clip, its boxes (F, 4) in video px and its camera dict (id, width, height)
+    -> (F, 17, 2) px of the camera's nominal frame: what every 2-D file this project writes holds."""
+    from h36m.pipelines.extract.crop import to_full
+
+    s = nominal_frame(str(camera["id"]), float(camera["width"]), float(camera["height"]))[0]
+    return to_full(np.asarray(points, np.float64), np.asarray(box, np.float64), crop) * s
+
+
 def network_inputs(batch: dict, spatial_cfg, device) -> NetInputs:
     """A loader batch (pipelines.loader) -> NetInputs on `device`."""
     import torch
@@ -64,4 +73,4 @@ def network_inputs(batch: dict, spatial_cfg, device) -> NetInputs:
                      view_index=batch["view_index"].to(device, non_blocking=nb), to_screen=to_screen, crop=crop)
 
 
-__all__ = ["NetInputs", "network_inputs", "crop_to_screen"]
+__all__ = ["NetInputs", "network_inputs", "crop_to_screen", "crop_to_nominal"]

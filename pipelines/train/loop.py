@@ -417,9 +417,8 @@ class _Trainer:
         were (the optimiser has not stepped)."""
         kept = f"the checkpoint of step {self.saved} kept" if self.saved is not None else "no checkpoint written"
         what = "; ".join(self.stage.describe(b) for b in batches)
-        raise H36MError(self.stage.source, f"step {self.step + 1}: the loss is not finite "
-                                           f"({'nan' if math.isnan(loss) else loss:g}) or its gradient is not, on "
-                                           f"{what}; training stopped, {kept}")
+        raise H36MError(self.stage.source, f"step {self.step + 1}: the loss ({loss:g}) or its gradient is not "
+                                           f"finite, on {what}; training stopped, {kept}")
 
     def _save(self, done: bool) -> None:
         cfg = self.cfg
