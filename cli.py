@@ -488,7 +488,8 @@ def _train_progress(console):
               "224, the paper's recipe), paper_f8, paper_f32, paper_f128 (clip frames), paper_rf9, paper_rf27 (the "
               "lifter's receptive field), paper_baseline, paper_no_time, paper_no_3d (the paper's ablations) "
               "[default: tiny].")
-@click.option("--stage", type=click.Choice(["2d", "lift", "joint"]), help="What to train [default: 2d].")
+@click.option("--stage", type=click.Choice(["2d", "lift", "joint", "triangulate"]),
+              help="What to train [default: 2d].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file of TrainConfig fields (and [model] overrides); options given here win.")
 @click.option("--init", help="Run folder or checkpoint to start from (e.g. the 2d run for --stage lift).")
@@ -579,8 +580,8 @@ def _print_report(console, report):
               "each; repeat it [default: gt and the file the run trained on].")
 @click.option("--flip/--no-flip", default=None, help="Table II: test-time flip averaging [default: on].")
 @click.option("--triangulate/--no-triangulate", default=None,
-              help="Table II: also the rows of the four views triangulated (4, 3, 2 views, robust; "
-                   "docs/triangulation.md) [default: on].")
+              help="Table II: also the rows of the four views triangulated (4, 3, 2 views, robust) and lifted "
+                   "then fused (docs/triangulation.md) [default: on].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report folder [default: RUN/eval]; with several runs, the comparison's folder [default: "
                    "eval-compare] (each run's own report still goes to RUN/eval).")
@@ -660,7 +661,8 @@ def _print_lift_report(console, report):
     for table in lift_rich_tables(report, width=console.width):
         console.print(table)
     lines = lift_settings_lines(report)
-    for line in lines[1:4] + ([lines[-1]] if report.triangulated else []):
+    multiview = [x for x in lines if x.startswith(("Fused rows", "Triangulated rows"))]
+    for line in lines[1:4] + multiview:
         console.print(line, soft_wrap=True, markup=False)
     if report.files:
         console.print(f"report: {', '.join(report.files)}", soft_wrap=True, markup=False)
@@ -762,17 +764,19 @@ def export(src, out, subjects):
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(16), help="Frames per sequence.")
 @click.option("--epochs-2d", type=click.IntRange(1), help="[default: the tiny recipe's].")
 @click.option("--epochs-lift", type=click.IntRange(1), help="[default: the tiny lift recipe's].")
-def demo(out, subjects, actions, frames, epochs_2d, epochs_lift):
+@click.option("--epochs-triangulate", default=6, show_default=True, type=click.IntRange(1))
+def demo(out, subjects, actions, frames, epochs_2d, epochs_lift, epochs_triangulate):
     """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d) ->
-    predict (whole sequences) -> train lift (whole sequences, predicted 2-D) -> Table II on S9/S11 against a mean-pose
-    baseline. Run it again to continue where it stopped."""
+    predict (whole sequences) -> train lift (whole sequences, predicted 2-D) -> train triangulate (the 2d run through
+    the views' triangulation) -> predict -> Table II on S9/S11 against a mean-pose baseline, with the triangulated and
+    lift-then-fused rows. Run it again to continue where it stopped."""
     _openmp_env()
     from h36m.h36m_tools.names import parse_subjects
     from h36m.pipelines.demo import DemoConfig, run_demo
 
     console = _console()
     cfg = DemoConfig(out=out, subjects=parse_subjects(subjects), actions=_parse_actions(actions), frames=frames,
-                     epochs_2d=epochs_2d, epochs_lift=epochs_lift)
+                     epochs_2d=epochs_2d, epochs_lift=epochs_lift, epochs_triangulate=epochs_triangulate)
     bars = {}
 
     def on_event(e):
@@ -798,6 +802,9 @@ def demo(out, subjects, actions, frames, epochs_2d, epochs_lift):
     for i in result.improvement:
         console.print(f"Ours vs mean-pose baseline, {i.metric}: {i.ours:.1f} vs {i.baseline:.1f} "
                       f"({-100 * i.reduction:+.0f} %)", soft_wrap=True)
+    for g, what in zip(result.geometry, ("the 2d run triangulated after the fact", "the lifter")):
+        console.print(f"Trained through triangulation vs {what}, MPJPE: {g.ours:.1f} vs {g.baseline:.1f} "
+                      f"({-100 * g.reduction:+.0f} %)", soft_wrap=True)
     took = sum(result.seconds.values())
     verdict = "[green]beats the baseline[/]" if result.beats_baseline else "[red]does not beat the baseline[/]"
     console.print(f"demo: the model {verdict} on {_lit(', '.join(result.report.subjects))}; {took:.0f} s; "

@@ -23,6 +23,9 @@ The steps:
     and the point is re-triangulated from its inliers with the weighted, refined DLT, then reweighted by Tukey's
     biweight of each inlier's reprojection error (iteratively reweighted least squares). One bad view (a wrong joint,
     noise, a swapped left/right) then leaves the others' solution untouched, which the plain DLT does not.
+  * `fuse_lifted`: lift-then-fuse, no triangulation: each view's lifted root-relative pose rotated into the world
+    and the views fused per joint by a robust weighted mean.
+The torch twin of `triangulate_dlt` that training differentiates through is model.triangulation.
 """
 from __future__ import annotations
 
@@ -39,6 +42,11 @@ UNDISTORT_ITERATIONS = 8
 ROBUST_THRESHOLD = 0.05
 #: `triangulate_robust`'s reweighted refits of the inliers (Tukey's biweight of their reprojection errors).
 ROBUST_IRLS = 3
+#: `fuse_lifted`: Weiszfeld steps of the per-joint geometric median, then Tukey-reweighted means with this cutoff, mm
+#: (a lifted joint this far from the others' consensus counts nothing).
+FUSE_MEDIAN_STEPS = 20
+FUSE_THRESHOLD = 200.0
+FUSE_IRLS = 3
 
 
 def undistort_points(points: np.ndarray, k: Intrinsics, iterations: int = UNDISTORT_ITERATIONS) -> np.ndarray:
@@ -183,5 +191,42 @@ def triangulate_robust(points: np.ndarray, cameras: Sequence[Camera], weights: n
     return world.reshape(lead + (3,)), best_in.reshape((V,) + lead)
 
 
+def fuse_lifted(poses: np.ndarray, rotations: np.ndarray, weights: np.ndarray | None = None,
+                threshold: float = FUSE_THRESHOLD) -> np.ndarray:
+    """Lift-then-fuse: each view's lifted pose rotated into the world and the views fused per joint, robustly.
+
+    poses (V, ..., J, 3) root-relative camera mm (a lifter's output per view, joint 0 the root), rotations (V, 3, 3)
+    world -> camera R of each view, weights (V, ..., J) >= 0 or None (1; e.g. the 2-D confidence of the joint the
+    lifted one came from) -> (..., J, 3) root-relative world mm (NaN where no view has weight).
+    A root-relative pose has no translation, so a view's world pose is R^T X. Per joint: the weighted geometric median
+    of the views (`FUSE_MEDIAN_STEPS` Weiszfeld steps from the weighted mean; breakdown point one half: one bad view of
+    three or four moves it by about the good views' spread, the mean by a quarter of the bad view's error), then
+    `FUSE_IRLS` weighted means reweighted by Tukey's biweight of each view's distance to the estimate (cutoff
+    `threshold` mm; where every view is farther, the median stays). Finally the root joint is subtracted again, as the
+    lifting rows' protocol aligns roots."""
+    P = np.asarray(poses, float)
+    R = np.asarray(rotations, float)
+    if P.ndim < 3 or P.shape[-1] != 3 or R.shape != (P.shape[0], 3, 3):
+        raise ValueError(f"poses must be (V, ..., J, 3) with rotations (V, 3, 3), got {P.shape} and {R.shape}")
+    world = np.einsum("vij,v...i->v...j", R, P)                                 # R^T X per view
+    w = _weights(world[..., :2], weights) * np.isfinite(world[..., 2])          # (V, ..., J), 0 where not finite
+    world = np.where(w[..., None] > 0, world, 0.0)
+    total = w.sum(0)
+    none = total <= 0
+    est = (w[..., None] * world).sum(0) / np.where(none, 1.0, total)[..., None]
+    for _ in range(FUSE_MEDIAN_STEPS):
+        inv = w / np.maximum(np.linalg.norm(world - est, axis=-1), 1e-3)
+        est = (inv[..., None] * world).sum(0) / np.maximum(inv.sum(0), 1e-30)[..., None]
+    for _ in range(FUSE_IRLS):
+        d = np.linalg.norm(world - est, axis=-1)
+        tw = w * np.where(d < threshold, (1 - (d / threshold) ** 2) ** 2, 0.0)
+        s = tw.sum(0)
+        again = (tw[..., None] * world).sum(0) / np.where(s > 0, s, 1.0)[..., None]
+        est = np.where((s > 0)[..., None], again, est)
+    est = np.where(none[..., None], np.nan, est)
+    return est - est[..., :1, :]
+
+
 __all__ = ["undistort_points", "projection_matrices", "reprojection_errors", "triangulate_dlt", "triangulate_robust",
+           "fuse_lifted", "FUSE_MEDIAN_STEPS", "FUSE_THRESHOLD", "FUSE_IRLS",
            "UNDISTORT_ITERATIONS", "ROBUST_THRESHOLD", "ROBUST_IRLS"]

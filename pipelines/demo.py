@@ -2,14 +2,19 @@
 
     synth (S1, S5 train; S9, S11 test) -> extract (64 px crops) -> shard (8-frame clips)
       -> train tiny, stage 2d -> predict (the 2d run over every clip, stitched into whole sequences: pred.npz)
-      -> train tiny, stage lift (whole training sequences, the predicted 2-D) -> evaluate (Table II on S9/S11)
+      -> train tiny, stage lift (whole training sequences, the predicted 2-D)
+      -> train stage triangulate from the 2d run (the 2-D network trained through the four views' triangulation)
+      -> predict its 2-D and confidences on the test clips (pred_triangulate.npz) -> evaluate (Table II on S9/S11)
 
 Folder `out`:
-    raw/  extracted/  shards/  runs/2d/  pred.npz  runs/lift/  report/ (results.md/.json/.csv)  demo.json
+    raw/  extracted/  shards/  runs/2d/  pred.npz  runs/lift/  runs/triangulate/  pred_triangulate.npz
+    report/ (results.md/.json/.csv)  demo.json
 `demo.json` records the finished steps: run the demo again and it continues where it stopped (training resumes
 from its checkpoint). The report compares the lifter on the predicted 2-D (and on ground-truth 2-D) with the
 mean-pose baseline (the training set's mean root-relative 3-D pose): `DemoResult.improvement` is the relative error
-reduction on the held-out subjects.
+reduction on the held-out subjects. Its triangulation rows compare the 2d run's 2-D triangulated after the fact
+(`Triangulated (4 views), pred.npz`) with the triangulate run's (`..., pred_triangulate.npz`), and its fused rows
+lift-then-fuse; `DemoResult.geometry` puts the trained triangulation beside the after-the-fact one and the lifter.
 """
 from __future__ import annotations
 
@@ -26,7 +31,10 @@ from h36m.pipelines.evaluate.evaluate import EvalProgress
 from h36m.pipelines.evaluate.table2 import LiftReport
 from h36m.pipelines.train.loop import TrainEvent
 
-STEPS = ("synth", "extract", "shard", "train-2d", "predict", "train-lift", "evaluate")
+STEPS = ("synth", "extract", "shard", "train-2d", "predict", "train-lift", "train-triangulate", "predict-triangulate",
+         "evaluate")
+#: The 2-D file of the triangulate run (its Table II rows are named after it).
+TRIANGULATE_PRED = "pred_triangulate.npz"
 
 
 @dataclass
@@ -41,6 +49,9 @@ class DemoConfig:
     clip_frames: int = 8
     epochs_2d: int | None = None            # [default: the tiny recipe's]
     epochs_lift: int | None = None          # [default: the tiny lift recipe's]
+    epochs_triangulate: int = 6
+    lr_triangulate: float = 1e-3
+    loss3d_weight: float = 1.0              # triangulate stage: loss = 2-D loss + w x world MPJPE (m)
     workers: int = 1                        # loader processes (the other core computes)
     seed: int = 0
 
@@ -74,6 +85,8 @@ class DemoResult:
     report_dir: Path
     seconds: dict[str, float] = field(default_factory=dict)   # step -> wall seconds (this invocation)
     improvement: list[Improvement] = field(default_factory=list)
+    geometry: list[Improvement] = field(default_factory=list)   # the triangulate run's MPJPE vs the 2d run's
+                                                                # after-the-fact triangulation, and vs the lifter
 
     @property
     def beats_baseline(self) -> bool:
@@ -119,27 +132,33 @@ def run_demo(cfg: DemoConfig, on_progress: Optional[Callable[[DemoEvent], None]]
     step("train-2d", lambda: _train(cfg, sh, runs / "2d", "2d", None, emit))
     step("predict", lambda: _predict(cfg, sh, runs / "2d", out / "pred.npz"))
     step("train-lift", lambda: _train(cfg, sh, runs / "lift", "lift", runs / "2d", emit, ex, out / "pred.npz"))
+    step("train-triangulate", lambda: _train(cfg, sh, runs / "triangulate", "triangulate", runs / "2d", emit))
+    step("predict-triangulate", lambda: _predict(cfg, sh, runs / "triangulate", out / TRIANGULATE_PRED, ("test",)))
 
     from h36m.pipelines.evaluate.report import write_lift_report
-    from h36m.pipelines.evaluate.table2 import LiftEvalConfig, evaluate_lift, method_name
+    from h36m.pipelines.evaluate.table2 import LiftEvalConfig, evaluate_lift, method_name, triangulated_name
 
     t = time.perf_counter()
     emit(DemoEvent("evaluate", "start"))
-    pred = str(out / "pred.npz")
-    report = evaluate_lift(LiftEvalConfig(run=str(runs / "lift"), data=str(ex), keypoints=("gt", pred)))
+    pred, pred_tri = str(out / "pred.npz"), str(out / TRIANGULATE_PRED)
+    report = evaluate_lift(LiftEvalConfig(run=str(runs / "lift"), data=str(ex), keypoints=("gt", pred, pred_tri)))
     write_lift_report(report, rep)
     seconds["evaluate"] = time.perf_counter() - t
     emit(DemoEvent("evaluate", "end", f"{report.frames['Mean pose']} (view, frame) pairs of "
                                       f"{', '.join(report.subjects)}"))
     improvement = [Improvement(m, report.row(method_name(pred), m).avg, report.row("Mean pose", m).avg)
                    for m in ("MPJPE", "P-MPJPE")]
-    return DemoResult(out, report, rep, seconds, improvement)
+    trained = report.row(triangulated_name(pred_tri, 4), "MPJPE").avg
+    geometry = [Improvement("MPJPE", trained, report.row(name, "MPJPE").avg)
+                for name in (triangulated_name(pred, 4), method_name(pred))]
+    return DemoResult(out, report, rep, seconds, improvement, geometry)
 
 
 def _config_dict(cfg: DemoConfig) -> dict:
     return {"subjects": list(cfg.subjects), "actions": list(cfg.actions),
             "frames": cfg.frames, "crop": cfg.crop, "clip_frames": cfg.clip_frames, "epochs_2d": cfg.epochs_2d,
-            "epochs_lift": cfg.epochs_lift,
+            "epochs_lift": cfg.epochs_lift, "epochs_triangulate": cfg.epochs_triangulate,
+            "lr_triangulate": cfg.lr_triangulate, "loss3d_weight": cfg.loss3d_weight,
             "seed": cfg.seed}
 
 
@@ -177,10 +196,10 @@ def _shard(cfg: DemoConfig, ex: Path, sh: Path) -> str:
     return ", ".join(counts)
 
 
-def _predict(cfg: DemoConfig, sh: Path, run: Path, out: Path) -> str:
+def _predict(cfg: DemoConfig, sh: Path, run: Path, out: Path, splits=("train", "test")) -> str:
     from h36m.pipelines.predict.predict import PredictConfig, predict
 
-    r = predict(PredictConfig(run=str(run), shards=[str(sh / "train-*.tar"), str(sh / "test-*.tar")], out=out,
+    r = predict(PredictConfig(run=str(run), shards=[str(sh / f"{s}-*.tar") for s in splits], out=out,
                               workers=cfg.workers))
     return f"{r.clips} clips -> {r.sequences} whole sequences x 4 cameras ({len(r.skipped)} left out)"
 
@@ -204,7 +223,10 @@ def _train(cfg: DemoConfig, sh: Path, run: Path, stage: str, init: Path | None, 
                                    checkpoint_every=100,
                                    subjects=",".join(s for s in cfg.subjects if s in TRAIN_SUBJECTS)), on_progress=on)
     else:
+        tri = stage == "triangulate"
         result = train(TrainConfig(shards=str(sh / "train-*.tar"), out=str(run), preset="tiny", stage=stage,
-                                   init=str(init) if init else None, epochs=cfg.epochs_2d, workers=cfg.workers,
-                                   seed=cfg.seed, checkpoint_every=100), on_progress=on)
+                                   init=str(init) if init else None,
+                                   epochs=cfg.epochs_triangulate if tri else cfg.epochs_2d,
+                                   **({"lr": cfg.lr_triangulate, "loss3d_weight": cfg.loss3d_weight} if tri else {}),
+                                   workers=cfg.workers, seed=cfg.seed, checkpoint_every=100), on_progress=on)
     return f"{result.steps} steps, last loss {result.last_loss:.4f}"

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from h36m.cli import main
 
 SMALL = ["--subjects", "S1,S9", "--actions", "Walking", "--frames", "32", "--epochs-2d", "1",
-         "--epochs-lift", "2"]
+         "--epochs-lift", "2", "--epochs-triangulate", "1"]
 
 
 def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
@@ -21,13 +21,19 @@ def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
                  "Protocol #1: MPJPE (mm)", "Mean pose", "PoseFormer, GT 2-D", "PoseFormer, pred.npz",
                  "Triangulated (4 views), GT 2-D", "Triangulated (2 views), pred.npz",
                  "Triangulated robust (4 views), pred.npz", "Absolute MPJPE", "Ours vs mean-pose baseline, MPJPE",
-                 "report in"):
+                 "train-triangulate", "predict-triangulate", "Triangulated (4 views), pred_triangulate.npz",
+                 "PoseFormer fused (4 views), pred.npz", "Trained through triangulation", "report in"):
         assert text in res.output, text
     state = json.loads((out / "demo.json").read_text())
-    assert state["done"] == ["synth", "extract", "shard", "train-2d", "predict", "train-lift"]
+    assert state["done"] == ["synth", "extract", "shard", "train-2d", "predict", "train-lift", "train-triangulate",
+                             "predict-triangulate"]
     report = json.loads((out / "report" / "results.json").read_text())
     assert report["subjects"] == ["S9"] and report["frames"]["Mean pose"] == 4 * 32 and report["stage"] == "lift"
     assert report["frames"]["PoseFormer, pred.npz"] == 4 * 32 and report["flip"]
+    assert report["frames"]["PoseFormer fused (4 views), pred.npz"] == 32
+    assert report["frames"]["Triangulated (4 views), pred_triangulate.npz"] == 32
+    assert json.loads((out / "runs" / "triangulate" / "config.json").read_text())["train"]["init"] == str(
+        out / "runs" / "2d")
     assert json.loads((out / "runs" / "2d" / "config.json").read_text())["train"]["stage"] == "2d"
     assert json.loads((out / "runs" / "lift" / "config.json").read_text())["train"]["init"] == str(out / "runs" / "2d")
     # again: nothing is redone (same files), the report is rebuilt
@@ -35,7 +41,7 @@ def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
     before = (video.stat().st_mtime_ns, (out / "runs" / "2d" / "checkpoint.pt").stat().st_mtime_ns)
     res = CliRunner().invoke(main, ["demo", "--out", str(out)] + SMALL, catch_exceptions=False, terminal_width=160)
     assert res.exit_code == 0, res.output
-    assert res.output.count("already done") == 6
+    assert res.output.count("already done") == 8
     assert before == (video.stat().st_mtime_ns, (out / "runs" / "2d" / "checkpoint.pt").stat().st_mtime_ns)
     # other options on the same folder: refused in one line
     res = CliRunner().invoke(main, ["demo", "--out", str(out), "--frames", "30"] + SMALL[:4])
@@ -50,6 +56,7 @@ def test_full_demo_beats_the_mean_pose_baseline(tmp_path):
     result = run_demo(DemoConfig(out=tmp_path / "demo"))
     assert result.report.subjects == ["S9", "S11"]
     assert result.beats_baseline, [(i.metric, i.ours, i.baseline) for i in result.improvement]
+    assert all(g.reduction > 0 for g in result.geometry), [(g.ours, g.baseline) for g in result.geometry]
     assert sum(result.seconds.values()) < 600
 
 

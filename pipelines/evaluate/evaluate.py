@@ -195,7 +195,7 @@ def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], Non
     if not any(v.counted.any() for v in views):
         raise H36MError(urls[0] if urls else cfg.shards, "no test frames to evaluate (empty shards, or every "
                                                          "sequence excluded)")
-    rows3d = table3d(views, METHODS[:1] if stage == "2d" else METHODS)
+    rows3d = table3d(views, METHODS[:1] if stage in ("2d", "triangulate") else METHODS)
     rows2d = table2d(views, coco=cfg.coco, input_size=info["input_size"])
     counted = [v for v in views if v.counted.any()]
     report = EvalReport(

@@ -66,7 +66,11 @@ def settings_lines(r: EvalReport) -> list[str]:
 
 
 def stage_note(r: EvalReport) -> list[str]:
-    """What a 2d-stage run's report lacks and where to get it (empty for other stages)."""
+    """What a 2d- or triangulate-stage run's report lacks and where to get it (empty for other stages)."""
+    if r.stage == "triangulate":
+        return ["3-D rows: the mean pose only (a triangulate-stage run trains no lifter; its Table II row: `h36m "
+                "predict` it, then evaluate a lift run with `--keypoints` that file: 'Triangulated (4 views), <file>'; "
+                "docs/triangulation.md)."]
     return ["3-D rows: the mean pose only (a 2d-stage run trains no lifter; for Table II train `--stage lift` and "
             "evaluate that run)."] if r.stage == "2d" else []
 
@@ -290,7 +294,13 @@ def lift_settings_lines(r) -> list[str]:
         "counted frames per row: " + ", ".join(f"{m} {n}" for m, n in r.frames.items()) + ".",
         "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
         "Per action: frames pooled over subactions, subjects and cameras. Actions absent from the test data: '-'.",
-    ] + ([_triangulation_line(r)] if r.triangulated else [])
+    ] + ([_fusion_line()] if r.fused else []) + ([_triangulation_line(r)] if r.triangulated else [])
+
+
+def _fusion_line() -> str:
+    return ("Fused rows: the lifter's pose of each of the 4 views rotated into the world by its camera, fused per "
+            "joint (geometric median, then Tukey-reweighted means, weighted by the 2-D confidences where the source has "
+            "them), root-aligned; each frame counted once.")
 
 
 def _triangulation_line(r) -> str:

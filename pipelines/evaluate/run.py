@@ -73,7 +73,8 @@ def evaluate_run(cfg: RunEvalConfig, on_clips: Optional[Callable] = None,
         result.table2 = evaluate_lift(LiftEvalConfig(
             run=str(cfg.run), data=cfg.data, keypoints=tuple(cfg.keypoints), out=cfg.out,
             flip=True if cfg.flip is None else cfg.flip, exclude_damaged=cfg.exclude_damaged, every=cfg.every,
-            device=cfg.device, triangulate=True if cfg.triangulate is None else cfg.triangulate),
+            device=cfg.device, triangulate=True if cfg.triangulate is None else cfg.triangulate,
+            fuse=True if cfg.triangulate is None else cfg.triangulate),
             on_sequences, loaded)
     return result
 

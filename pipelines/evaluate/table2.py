@@ -13,11 +13,15 @@ and with `triangulate` (predict.triangulate, h36m_tools.triangulate; no network 
     Triangulated (4 views), <source>          the confidence-weighted linear (DLT) triangulation of the four views
     Triangulated (3 views) / (2 views), <file>    the same from every subset of 3 / 2 of the views, averaged per frame
     Triangulated robust (4 views), <file>     view pairs as hypotheses, the inliers re-triangulated
-(ground-truth 2-D gets the 4-view row only: a check of the cameras, near 0). Their errors are of world joints, so
-they have one more metric, `ABS_MPJPE`: the MPJPE with no alignment at all (the position in the room, which no
-lifter gives); their MPJPE aligns the root joints like the lifting rows' (rotation does not change it) and each
-frame counts once (the lifting rows count a frame once per camera: the same per-action means when every frame has
-all its views).
+(ground-truth 2-D gets the 4-view row only: a check of the cameras, near 0), and with `fuse`, per 2-D source:
+    PoseFormer fused (4 views), <source>      lift-then-fuse: the lifter's pose of each view rotated into the world
+                                              by its camera and fused per joint (h36m_tools.triangulate.fuse_lifted:
+                                              a robust mean weighted by the source's confidences), root-aligned,
+                                              each frame counted once.
+The triangulation rows' errors are of world joints, so they have one more metric, `ABS_MPJPE`: the MPJPE with no
+alignment at all (the position in the room, which no lifter gives); their MPJPE aligns the root joints like the
+lifting rows' (rotation does not change it) and each frame counts once (the lifting rows count a frame once per
+camera: the same per-action means when every frame has all its views).
 Per action: frames pooled over subactions, subjects and cameras; Avg = the unweighted mean of the action errors;
 All = the mean over all counted frames. `every` N counts only frames whose index is a multiple of N;
 S11 `Directions` is never counted: VideoPose3D's data leaves it out (interchange.npzfile.VP3D_DROPPED), and with it
@@ -58,6 +62,7 @@ class LiftEvalConfig:
     every: int = 1
     device: str = "auto"
     triangulate: bool = True                # the triangulation rows (see the module doc)
+    fuse: bool = True                       # the lift-then-fuse rows (see the module doc)
 
 
 @dataclass
@@ -82,13 +87,19 @@ class LiftReport:
     files: list[str] = field(default_factory=list)
     triangulated: list[str] = field(default_factory=list)   # the triangulation rows' methods
     weighted: list[str] = field(default_factory=list)       # the sources whose confidences weighed the views
+    fused: list[str] = field(default_factory=list)          # the lift-then-fuse rows' methods
 
     def row(self, method: str, metric: str) -> Row3D:
         return next(r for r in self.rows if r.method == method and r.metric == metric)
 
     @property
     def methods(self) -> list[str]:
-        return [MEAN_POSE] + [method_name(s) for s in self.sources] + list(self.triangulated)
+        return [MEAN_POSE] + [method_name(s) for s in self.sources] + list(self.fused) + list(self.triangulated)
+
+
+def fused_name(source: str, views: int = 4) -> str:
+    """'PoseFormer fused (4 views), pred.npz'."""
+    return f"PoseFormer fused ({views} views), " + ("GT 2-D" if source == "gt" else Path(source).name)
 
 
 def triangulated_name(source: str, views: int, robust: bool = False) -> str:
@@ -158,19 +169,25 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
 
     for seq in gt_seqs:
         add(MEAN_POSE, seq, np.broadcast_to(stats.mean3d, seq.pose3d.shape))
+    lifted: dict[tuple[str, str, str, str], np.ndarray] = {}
     for source in sources:
         for seq in loaded[source]:
-            add(method_name(source), seq, lift_sequence(lifter, inputs(seq), flip=cfg.flip))
+            pred = lift_sequence(lifter, inputs(seq), flip=cfg.flip)
+            add(method_name(source), seq, pred)
+            if cfg.fuse:
+                lifted[source, seq.subject, seq.sequence, seq.camera] = pred
             done += 1
             if on_progress is not None:
                 on_progress(done, total)
     if MEAN_POSE not in per_method:
         raise H36MError(data, "no test frames to evaluate (no sequence of the test subjects, or every one excluded)")
-    triangulated, weighted = [], []
+    triangulated, weighted, fused = [], [], []
     if cfg.triangulate:
         triangulated, weighted = _triangulation_rows(cfg, data, subjects, sources, per_method)
+    if cfg.fuse:
+        fused = _fusion_rows(cfg, data, subjects, sources, lifted, per_method)
     rows, frames = [], {}
-    methods = [MEAN_POSE] + [method_name(s) for s in sources]
+    methods = [MEAN_POSE] + [method_name(s) for s in sources] + fused
     for metric in TABLE2_METRICS + (ABS_MPJPE,):
         for method in methods + triangulated:
             if metric == ABS_MPJPE and method not in triangulated:
@@ -186,7 +203,7 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
         damaged_policy="excluded" if cfg.exclude_damaged else "included", damaged=[f"{s}/{q}" for s, q in DAMAGED],
         every=cfg.every, subjects=sorted(set(per_method[MEAN_POSE][1]), key=subject_order),
         actions=[a for a in ACTIONS if a in present], sources=sources, frames=frames, sequences=len(gt_seqs),
-        rows=rows, seconds=time.perf_counter() - t0, triangulated=triangulated, weighted=weighted)
+        rows=rows, seconds=time.perf_counter() - t0, triangulated=triangulated, weighted=weighted, fused=fused)
 
 
 def _counted(cfg: LiftEvalConfig, subject: str, sequence: str, frames: np.ndarray) -> np.ndarray:
@@ -233,5 +250,32 @@ def _triangulation_rows(cfg: LiftEvalConfig, data: str, subjects, sources: list[
     return methods, weighted
 
 
-__all__ = ["LiftEvalConfig", "LiftReport", "evaluate_lift", "method_name", "triangulated_name",
+def _fusion_rows(cfg: LiftEvalConfig, data: str, subjects, sources: list[str], lifted: dict, per_method: dict
+                 ) -> list[str]:
+    """Fill per_method with the lift-then-fuse row of every source from `lifted` ((source, subject, sequence,
+    camera) -> (N, 17, 3) lifted camera mm); returns their method names. A sequence counts where the source has 4
+    views of it, lifted on the same frames."""
+    from h36m.h36m_tools.triangulate import fuse_lifted
+    from h36m.pipelines.predict.triangulate import load_views
+
+    methods = []
+    for source in sources:
+        name = fused_name(source)
+        views, _ = load_views(data, subjects, source)
+        for mv in views:
+            poses = [lifted.get((source, mv.subject, mv.sequence, c.id)) for c in mv.cameras]
+            keep = _counted(cfg, mv.subject, mv.sequence, mv.frames)
+            if len(poses) < 4 or any(p is None or len(p) != len(mv.frames) for p in poses) or not keep.any():
+                continue
+            R = np.stack([c.extrinsics.R for c in mv.cameras])
+            world = fuse_lifted(np.stack(poses), R, mv.confidence)[keep]
+            gt = (mv.world - mv.world[:, :1])[keep]
+            _add(per_method, name, mv.action, mv.subject,
+                 {"MPJPE": M.mpjpe_frames(world, gt), "P-MPJPE": M.p_mpjpe_frames(world, gt)})
+        if name in per_method:
+            methods.append(name)
+    return methods
+
+
+__all__ = ["LiftEvalConfig", "LiftReport", "evaluate_lift", "method_name", "fused_name", "triangulated_name",
            "triangulation_errors", "TABLE2_METRICS", "ABS_MPJPE", "MEAN_POSE"]

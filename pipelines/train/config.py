@@ -26,7 +26,7 @@ from typing import Any
 
 from h36m.h36m_tools.errors import H36MError
 
-STAGES = ("2d", "lift", "joint")
+STAGES = ("2d", "lift", "joint", "triangulate")
 #: How the 2d and joint stages train a head with a confidence (scale) branch (train.losses):
 #:   scale  loss = joint_distance + laplace_nll with the coordinates detached: the NLL trains only the scale branch
 #:          (which reads the head's features through a stop-gradient), the joints train exactly as without it
@@ -88,7 +88,8 @@ class TrainConfig:
     lr_decay: float | None = None          # lift stage: lr multiplied by this after every epoch
     out: str = "run"                       # run folder
     preset: str = "tiny"                   # model preset (ignored for the model when `init` is given)
-    stage: str = "2d"                      # 2d: spatial+relations+head; lift: the lifter; joint: all of it
+    stage: str = "2d"                      # 2d: spatial+relations+head; lift: the lifter; joint: all of it;
+                                           # triangulate: spatial+relations+head through the views' triangulation
     init: str | None = None                # run folder / checkpoint whose weights (and model config) start the run
     epochs: int | None = None
     batch_size: int | None = None          # clips per rank per micro-batch
@@ -105,7 +106,7 @@ class TrainConfig:
     pretrained_spatial: str | None = None  # a local timm Swin checkpoint to start the spatial module from
     pretrained_relations: str | None = None  # a local timm ViT checkpoint to start the relation blocks from
     seed: int = 0
-    loss3d_weight: float = 1.0             # joint stage: loss = 2-D loss + w * 3-D loss (metres)
+    loss3d_weight: float = 1.0             # joint, triangulate stages: loss = 2-D loss + w * 3-D loss (metres)
     confidence_loss: str = "scale"         # 2d / joint stages, heads with a confidence: CONFIDENCE_LOSSES
     max_steps: int | None = None           # stop (with a checkpoint) after this many steps; the schedule is unchanged
     checkpoint_every: int = 200            # optimiser steps between checkpoints (and at every epoch end)

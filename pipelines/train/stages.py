@@ -1,6 +1,6 @@
 """The stages of `h36m train` as plug-ins of the one training loop (train.loop): what each stage supplies.
 
-    stage = make_stage(cfg)                 # ShardStage for 2d / joint, LiftStage for lift
+    stage = make_stage(cfg)                 # ShardStage for 2d / joint / triangulate, LiftStage for lift
     stage.prepare(net, rank, world, device) # reads its data; returns the number of micro-batches per epoch
     for batch in stage.epoch(epoch, skip):  # the epoch's micro-batches, the first `skip` left out (resume)
         inputs = stage.inputs(batch, step, micro)          # tensors on the device (and the baseline's statistics)
@@ -11,11 +11,15 @@ many samples a micro-batch holds (`count`, the rate in the log), what a batch ca
 error) and how its mean-pose baseline is gathered. The mean-pose baseline (train.pose_stats.PoseStats) has one
 definition in every stage: the mean over the training samples of the first epoch, as the data holds them (never
 mirrored by augmentation), each real (not padded) frame of each view once per time it is trained on in that epoch.
-    ShardStage (2d, joint)  clips of WebDataset shards (train.loop's loader); 2d: spatial + relations + head on the
-                            images (loss: mean Euclidean 2-D joint error in crop units plus the confidence head's
+    ShardStage (2d, joint,  clips of WebDataset shards (train.loop's loader); 2d: spatial + relations + head on the
+     triangulate)           images (loss: mean Euclidean 2-D joint error in crop units plus the confidence head's
                             Laplace NLL, TrainConfig.confidence_loss); joint: everything, plus loss3d_weight x the
-                            lifter's MPJPE (m) on the clip's own predicted 2-D. The loader's clip-wide flip
-                            augments both; the crop transform only 2d. Schedule: linear warm-up, cosine decay.
+                            lifter's MPJPE (m) on the clip's own predicted 2-D; triangulate: spatial + relations +
+                            head through the views' geometry (train.losses.triangulation_loss: the 2-D loss plus
+                            loss3d_weight x the world MPJPE (m) of the joints triangulated from every view with the
+                            clip's cameras, weighted by the head's confidences; docs/triangulation.md). The loader's
+                            clip-wide flip augments all three (the cameras mirror with the clip); the crop transform
+                            only 2d. Schedule: linear warm-up, cosine decay.
     LiftStage (lift)        whole sequences of an extracted dataset held in memory (train.sequences); only the lifter
                             trains, on windows of receptive_field frames (with cfg.flip each window also mirrored;
                             VideoPose3D's ChunkedGenerator with augmentation), loss MPJPE (m) of the centre frame
@@ -56,6 +60,7 @@ class ShardStage:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.trainable = ("spatial", "relations", "head") + (("lifter",) if cfg.stage == "joint" else ())
+        self.geometry = cfg.stage == "triangulate"
         self.unit = "img/s"
 
     @property
@@ -94,7 +99,9 @@ class ShardStage:
     def inputs(self, batch: dict, step: int, epoch: int, micro: int):
         """A batch -> (images, view_mask, view_index, to_screen scale, to_screen offset, target2d, target3d) on the
         device (loader.inputs.network_inputs; target2d in crop units; 2d stage: crops and targets moved by the random
-        crop transform); the first epoch also feeds the baseline."""
+        crop transform), the triangulate stage's geometry after them (box (B, V, F, 4) px, the clips' cameras
+        (model.triangulation.camera_tensors), world joints (B, F, J, 3) mm; float64); the first epoch also feeds the
+        baseline."""
         import torch
 
         from h36m.pipelines.loader.inputs import network_inputs
@@ -113,6 +120,12 @@ class ShardStage:
             images, pose2d = augment_views(images, pose2d, affine, torch.Generator().manual_seed(seed))
         if self.rank == 0 and epoch == 0:
             self._baseline(batch, x.crop)
+        if self.geometry:
+            from h36m.model.triangulation import camera_tensors
+
+            cams = camera_tensors(batch["cameras"], x.view_mask.shape[1], torch.float64, dev)
+            return (images, x.view_mask, x.view_index, *x.to_screen, pose2d, target3d,
+                    batch["box"].to(dev).double(), *cams, batch["pose3d"].to(dev).double())
         return images, x.view_mask, x.view_index, *x.to_screen, pose2d, target3d
 
     def _baseline(self, batch: dict, crop: float) -> None:
@@ -138,13 +151,16 @@ class ShardStage:
         keys = list(batch.get("key", []))
         return "clips " + ", ".join(map(str, keys[:3])) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
-    def loss(self, net, images, view_mask, view_index, screen_scale, screen_offset, target2d, target3d):
-        """(loss, 2-D error in crop units, MPJPE in m (NaN in the 2d stage)); see the module doc."""
-        from h36m.pipelines.train.losses import joint_distance, laplace_nll, mpjpe_m
+    def loss(self, net, images, view_mask, view_index, screen_scale, screen_offset, target2d, target3d, *geometry):
+        """(loss, 2-D error in crop units, MPJPE in m (NaN in the 2d stage; of the triangulated world joints in the
+        triangulate stage)); see the module doc."""
+        from h36m.pipelines.train.losses import joint_distance, laplace_nll, mpjpe_m, triangulation_loss
 
         cfg = self.cfg
         nan = target2d.new_tensor(math.nan)
         out = net(images, view_mask, view_index, (screen_scale, screen_offset))
+        if self.geometry:
+            return triangulation_loss(out, view_mask, target2d, *geometry, weight3d=cfg.loss3d_weight)
         err2d = joint_distance(out.joints2d, target2d, view_mask)
         loss2d = err2d
         if out.log_scale2d is not None:
