@@ -122,6 +122,33 @@ def write_sequence_video(cfg: SequenceVideoConfig, on_progress: Optional[Callabl
                                still, [clip.source])
 
 
+def action_clips(run: str, data: str, out: str | os.PathLike, subjects=("S9", "S11"), max_frames: int = 100,
+                 keypoints: str = "gt", on_progress: Optional[Callable[[int, int], None]] = None
+                 ) -> dict[str, SequenceVideoResult]:
+    """One MP4 per action present in `data` for `subjects`: its first sequence (subject order, then name), the
+    run's lifter on `keypoints`, at most `max_frames` frames, written as `out/<action>.mp4`; action -> result.
+    `on_progress(clips done, clips)`."""
+    from h36m.h36m_tools.names import ACTIONS, subject_order
+    from h36m.pipelines.extract.dataset import list_sequences, read_meta
+
+    try:
+        paths = list_sequences(data, tuple(subjects))
+    except FileNotFoundError as e:
+        raise H36MError(data, str(e).split(": ", 1)[-1]) from None
+    first: dict[str, str] = {}
+    for meta in sorted((read_meta(p) for p in paths), key=lambda m: (subject_order(m.subject), m.sequence)):
+        first.setdefault(meta.action, meta.key)
+    todo = [a for a in ACTIONS if a in first]
+    done = {}
+    for i, action in enumerate(todo):
+        done[action] = write_sequence_video(SequenceVideoConfig(
+            out=Path(out) / f"{action}.mp4", data=str(data), run=str(run), sequence=first[action],
+            keypoints=keypoints, max_frames=max_frames))
+        if on_progress is not None:
+            on_progress(i + 1, len(todo))
+    return done
+
+
 def _write_png(path: Path, rgb: np.ndarray) -> Path:
     import cv2
 

@@ -244,7 +244,7 @@ def _image_of(det, images: dict, path, where) -> tuple[str | None, float | None]
     image_id = _id(det["image_id"], path, f"{where} image_id")
     if image_id in images:
         return images[image_id]
-    if isinstance(image_id, str) and parse_image_name(image_id) is not None:
+    if isinstance(image_id, str):                  # a name, in the convention or not
         return image_id, None
     return None, None
 

@@ -36,7 +36,7 @@ from h36m.h36m_tools.cameras import CAMERA_IDS, Intrinsics, project
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import TEST_SUBJECTS, TRAIN_SUBJECTS, canonical_action, sequence_table, subject_order
 from h36m.pipelines.files import atomic_path
-from h36m.pipelines.interchange.npzfile import VP3D_DROPPED
+from h36m.pipelines.interchange.npzfile import loaded_sequences
 
 FILE_MOTIONBERT = "h36m_sh_conf_cam_source_final.pkl"
 SPLITS = {"train": TRAIN_SUBJECTS, "test": TEST_SUBJECTS}
@@ -182,18 +182,7 @@ def camera_sequences(src: Path, subjects, skipped: dict[str, str]) -> Iterator[C
         gen = _from_extracted(src, subjects)
     else:
         gen = _from_release(src, subjects)
-    for key, subject, name, load in gen:
-        if (subject, name) in VP3D_DROPPED:
-            skipped[key] = "left out as VideoPose3D does (corrupt video of camera 54138969)"
-            continue
-        try:
-            seq = load()
-        except H36MError as e:
-            skipped[key] = str(e)
-            continue
-        if seq is None:
-            skipped[key] = "not all 4 cameras"
-            continue
+    for _, _, _, seq in loaded_sequences(gen, skipped):
         yield seq
 
 

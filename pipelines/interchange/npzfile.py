@@ -7,9 +7,11 @@ replacements, `TakingPhoto` -> `Photo` and `WalkingDog` -> `WalkDog` (`'Directio
 from __future__ import annotations
 
 import os
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from h36m.h36m_tools.errors import H36MError
 from h36m.pipelines.files import atomic_path
 
 #: (subject, raw sequence name) pairs VideoPose3D leaves out.
@@ -26,3 +28,22 @@ def write_npz(path: str | os.PathLike, **members) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **members)
+
+
+def loaded_sequences(items: Iterable[tuple[str, str, str, Callable]], skipped: dict[str, str]) -> Iterator[tuple]:
+    """(key, subject, raw name, load()) per sequence -> (key, subject, raw name, what load() returned) for each one
+    that is not VP3D_DROPPED, loads without an H36MError and has all 4 cameras (load() returns None otherwise); the
+    others are named in `skipped` with the reason."""
+    for key, subject, name, load in items:
+        if (subject, name) in VP3D_DROPPED:
+            skipped[key] = "left out as VideoPose3D does (corrupt video of camera 54138969)"
+            continue
+        try:
+            value = load()
+        except H36MError as e:
+            skipped[key] = str(e)
+            continue
+        if value is None:
+            skipped[key] = "not all 4 cameras"
+            continue
+        yield key, subject, name, value
