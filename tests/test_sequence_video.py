@@ -68,7 +68,9 @@ def test_show_run_renders_the_lifters_3d_as_mp4(runlift, train_data, tmp_path):
     res = CliRunner().invoke(main, ["show", "--run", str(runlift), "--data", str(train_data.extracted), "--out",
                                     str(out), "--max-frames", "12"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "12 frames, mean per-frame MPJPE" in res.output and res.output.split("/")[0].strip().startswith("S9")
+    line = res.output.strip().splitlines()[-1]                      # after the progress bar
+    assert line.startswith("S9/") and "12 frames, mean per-frame MPJPE" in line, res.output
+    assert 0 < float(line.split("MPJPE ")[1].split(" mm")[0]) < 1000
     info = probe(out)
     assert (info.width, info.height) == (WIDTH, HEIGHT) and len(list(iter_frames(out, info))) == 12
 

@@ -302,7 +302,8 @@ class FramePainter:
         self.clip, self.plt = clip, plt
         self.errors = clip.errors
         self.fig = fig = plt.figure(figsize=(WIDTH / 100, HEIGHT / 100), dpi=100)
-        grid = fig.add_gridspec(2, 4, left=0.01, right=0.99, bottom=0.02, top=0.9, wspace=0.04, hspace=0.06)
+        grid = fig.add_gridspec(2, 4, left=0.01, right=0.99, bottom=0.02, top=0.9, wspace=0.04, hspace=0.06,
+                                width_ratios=(1, 1, 1.5, 1.5))
         self.title = fig.suptitle("", fontsize=11)
         size = max(1, _crop_size(clip))
         self.images, self.true2d, self.pred2d = [], [], []
@@ -324,7 +325,7 @@ class FramePainter:
             ax.view_init(**VIEW)
             for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
                 setter(-radius, radius)
-            ax.set_box_aspect((1, 1, 1))
+            ax.set_box_aspect((1, 1, 1), zoom=1.25)
             ax.set_xticklabels([]), ax.set_yticklabels([]), ax.set_zticklabels([])
             ax.set_title(f"{name}, camera {clip.cameras[clip.camera]}", fontsize=9)
             if panel == 2:
