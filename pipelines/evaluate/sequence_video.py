@@ -231,7 +231,7 @@ def _from_file(file, meta, a, v: int) -> tuple[np.ndarray | None, np.ndarray | N
     from h36m.pipelines.extract.crop import to_crop
     from h36m.pipelines.interchange.motionbert import nominal_intrinsics
     from h36m.pipelines.interchange.npzfile import vp3d_action
-    from h36m.pipelines.train.sequences import camera_keypoints
+    from h36m.pipelines.interchange.npzfile import camera_keypoints
 
     data = load_npz(file)
     action = vp3d_action(meta.sequence)

@@ -136,7 +136,7 @@ def export_motionbert(cfg: MotionBertConfig, on_progress: Optional[Callable[[str
 
 def _camera_rows(seq: CameraSequence, v: int, entry: dict, kp, conf, kp_path) -> dict:
     """The rows of one camera of one sequence (a dict of the file's members)."""
-    from h36m.pipelines.train.sequences import camera_keypoints
+    from h36m.pipelines.interchange.npzfile import camera_keypoints
 
     cam, k = seq.cameras[v], seq.intrinsics[v]
     cam3d = seq.cam3d[v]

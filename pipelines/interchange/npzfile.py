@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.h36m_tools.errors import H36MError
 from h36m.pipelines.files import atomic_path
 
@@ -47,3 +48,22 @@ def loaded_sequences(items: Iterable[tuple[str, str, str, Callable]], skipped: d
             skipped[key] = "not all 4 cameras"
             continue
         yield key, subject, name, value
+
+
+def camera_keypoints(kp: dict, path, subject: str, sequence: str, camera: str, frames: np.ndarray
+                     ) -> np.ndarray | None:
+    """One camera's 2-D joints of a sequence in a VideoPose3D 2-D file: kp = its positions_2d (h36m_tools.npz), path
+    = the file (for errors) -> the whole (M, 17, 2) float64 array, M > frames.max(), or None when the file lacks that
+    camera of that sequence. Raises H36MError naming the file on another joint count or fewer frames."""
+    action = vp3d_action(sequence)
+    cams = kp.get(subject, {}).get(action)
+    idx = CAMERA_IDS.index(camera) if camera in CAMERA_IDS else -1
+    if cams is None or not 0 <= idx < len(cams):
+        return None
+    arr = np.asarray(cams[idx], np.float64)[..., :2]
+    if arr.shape[1] != 17:
+        raise H36MError(path, f"{subject} {action!r} camera {camera}: {arr.shape[1]} joints, expected 17")
+    if len(arr) <= int(frames.max()):
+        raise H36MError(path, f"{subject} {action!r} camera {camera}: {len(arr)} frames, the sequence has "
+                              f"{int(frames.max()) + 1}")
+    return arr
