@@ -50,6 +50,8 @@ def test_ground_truth_as_coco_results_imports_to_the_same_2d_as_export(exported,
     results.append({"image_id": 10 ** 6, "category_id": 1, "keypoints": [1.0] * 51, "score": 0.5})
     images.append({"id": -1, "file_name": "frame_0001.jpg"})
     results.append({"image_id": -1, "category_id": 1, "keypoints": [1.0] * 51, "score": 0.5})
+    for name in ("S1_Directions_1.54138969_999999.jpg", "S1_Dancing.54138969_000001.jpg"):    # 1.6 GB if allocated
+        results.append({"image_id": name, "category_id": 1, "keypoints": [1.0] * 51, "score": 0.5})
     (tmp_path / "gt.json").write_text(json.dumps({"images": images, "categories": []}))
     (tmp_path / "res.json").write_text(json.dumps(results))
     res = CliRunner().invoke(main, ["import-2d", str(tmp_path / "res.json"), "--images", str(tmp_path / "gt.json"),
@@ -57,6 +59,8 @@ def test_ground_truth_as_coco_results_imports_to_the_same_2d_as_export(exported,
     assert res.exit_code == 0, res.output
     assert "unmatched: 1 detections, image id not in the images list: 1000000" in res.output
     assert "unmatched: 1 detections, image name not in the convention" in res.output and "frame_0001.jpg" in res.output
+    assert "1 detections, frame beyond the sequence's video: S1_Directions_1.54138969_999999.jpg" in res.output
+    assert "1 detections, unknown subject, sequence or camera: S1_Dancing.54138969_000001.jpg" in res.output
     assert "1 duplicates" in res.output and "0 camera frames without a detection" in res.output
     mine, meta, conf = keypoints_2d(tmp_path / "det.npz")
     assert meta["layout_name"] == "h36m" and set(mine) == set(pos)

@@ -23,8 +23,9 @@ neck/nose = nose, head = mid-eyes; their score the lowest of the joints used): a
 Per image the highest-scoring detection is kept. A sequence's length is its last detected frame + 1 (over its
 cameras); frames of a camera without a detection get the coordinates interpolated linearly between its nearest
 detected frames (held at the ends) and confidence 0, and are counted. Detections that match nothing (a name not in
-the convention, an unknown subject or camera, an image id not in the images list) are counted and named; sequences
-without all four cameras are left out and named.
+the convention, a subject, sequence or camera H36M does not have, a frame past the sequence's video length in
+`sequences.json`, an image id not in the images list) are counted and named; sequences without all four cameras are
+left out and named.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import numpy as np
 
 from h36m.h36m_tools.cameras import CAMERA_IDS, bundled
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.names import SUBJECTS
+from h36m.h36m_tools.names import SUBJECTS, sequence_table
 from h36m.h36m_tools.npz import METADATA_2D
 from h36m.pipelines.interchange.npzfile import vp3d_action, write_npz
 
@@ -167,8 +168,12 @@ def import_2d(cfg: Import2DConfig) -> Import2DResult:
                                  []).append(name)
             continue
         subject, seq, cam, frame = parsed
-        if subject not in SUBJECTS or cam not in CAMERA_IDS:
-            unmatched.setdefault("unknown subject or camera", []).append(name)
+        entry = sequence_table().get(subject, {}).get(seq)
+        if subject not in SUBJECTS or cam not in CAMERA_IDS or entry is None:
+            unmatched.setdefault("unknown subject, sequence or camera", []).append(name)
+            continue
+        if frame >= max(entry["video_frames_per_camera"]):
+            unmatched.setdefault("frame beyond the sequence's video", []).append(name)
             continue
         kps = _keypoints(det, cfg.results, where, n_joints, flags)
         kps = to_h36m(kps, cfg.layout, cfg.derive)
