@@ -526,13 +526,14 @@ def _print_report(console, report):
               help="Run folder (or checkpoint file) of h36m train; repeat it to compare runs (Table I / III).")
 @click.option("--shards", help="Test shard URLs (S9/S11), e.g. 'SH/test-*.tar' (2d and joint runs).")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
-              help="Lift runs: the extracted dataset holding S9/S11 [default: the run's --data].")
-@click.option("--keypoints", multiple=True, help="Lift runs: a 2-D source, gt or a VideoPose3D 2-D .npz; one row "
+              help="Table II (lift and joint runs): the extracted dataset holding S9/S11 [default: a lift run's "
+                   "--data].")
+@click.option("--keypoints", multiple=True, help="Table II: a 2-D source, gt or a VideoPose3D 2-D .npz; one row "
               "each; repeat it [default: gt and the file the run trained on].")
-@click.option("--flip/--no-flip", default=True, show_default=True, help="Lift runs: test-time flip averaging.")
-@click.option("--triangulate/--no-triangulate", default=True, show_default=True,
-              help="Lift runs: also the rows of the four views triangulated (4, 3, 2 views, robust; "
-                   "docs/triangulation.md).")
+@click.option("--flip/--no-flip", default=None, help="Table II: test-time flip averaging [default: on].")
+@click.option("--triangulate/--no-triangulate", default=None,
+              help="Table II: also the rows of the four views triangulated (4, 3, 2 views, robust; "
+                   "docs/triangulation.md) [default: on].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report folder [default: RUN/eval]; with several runs, the comparison's folder [default: "
                    "eval-compare] (each run's own report still goes to RUN/eval).")
@@ -545,11 +546,12 @@ def _print_report(console, report):
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 def evaluate(run_dirs, shards, data, keypoints, flip, triangulate, out, exclude_damaged, every, batch_size, workers,
              device, no_plots):
-    """Evaluate runs. A lift run: Table II (MPJPE, P-MPJPE per action) on whole S9/S11 sequences of an extracted
-    dataset, for ground-truth 2-D and each keypoints file, flip-averaged, against a mean-pose baseline. Other runs, on
-    test shards: Table I (2-D OKS AP/AR, PCK, MSE, time per epoch) and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action,
-    with a mean-pose baseline. Writes results.json/.csv/.md (and plots) per run. Several 2d/joint runs: then one
-    table with a row per run (Table I / III), compare.md/.csv."""
+    """Evaluate runs: each run is read once and gives the tables it can. A 2d or joint run, on test shards: Table I
+    (2-D OKS AP/AR, PCK, MSE, time per epoch) and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action, with a mean-pose
+    baseline. A lift run, and a joint run given --data: Table II (MPJPE, P-MPJPE per action) on whole S9/S11
+    sequences of an extracted dataset, for ground-truth 2-D and each keypoints file, flip-averaged. An option that
+    does not apply to a run is refused. Writes results.json/.csv/.md (and plots) per run (a joint run's Table II in
+    RUN/eval/table2). Several 2d/joint runs: then one table with a row per run (Table I / III), compare.md/.csv."""
     _openmp_env()
     from h36m.pipelines.evaluate.report import compare_table, write_comparison
 
@@ -566,58 +568,43 @@ def evaluate(run_dirs, shards, data, keypoints, flip, triangulate, out, exclude_
 
 
 def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_damaged, every, batch_size, workers,
-                  device, no_plots, quiet: bool, triangulate: bool = True):
-    """One run's evaluation with its progress bar; prints its tables unless `quiet` (a lift run: its Table II,
-    always); returns the report of a 2d / joint run, None for a lift run."""
-    from h36m.pipelines.evaluate.evaluate import EvalConfig, default_out
-    from h36m.pipelines.evaluate.evaluate import evaluate as run_eval
-    from h36m.pipelines.evaluate.report import write_report
-    from h36m.pipelines.evaluate.table2 import is_lift_run
+                  device, no_plots, quiet: bool, triangulate: bool | None = None):
+    """One run's evaluation (evaluate.run) with its progress bars; prints its tables (the shard tables unless
+    `quiet`; Table II always); returns the shard report of a 2d / joint run, else None."""
+    from h36m.pipelines.evaluate.evaluate import default_out
+    from h36m.pipelines.evaluate.report import write_lift_report, write_report
+    from h36m.pipelines.evaluate.run import RunEvalConfig, evaluate_run
 
-    if is_lift_run(str(run_dir)):
-        _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, device, triangulate)
-        return None
-    if not shards:
-        _fail(f"{run_dir}: a 2d or joint run is evaluated on test shards: give --shards")
-    cfg = EvalConfig(run=str(run_dir), shards=shards, out=str(out) if out else None, exclude_damaged=exclude_damaged,
-                     every=every, batch_size=batch_size, workers=workers, device=device, plots=not no_plots)
+    cfg = RunEvalConfig(run=str(run_dir), shards=shards, data=str(data) if data else None, keypoints=tuple(keypoints),
+                        flip=flip, triangulate=triangulate, out=str(out) if out else None,
+                        exclude_damaged=exclude_damaged, every=every, batch_size=batch_size, workers=workers,
+                        device=device, plots=not no_plots)
     progress, update = _late_progress(console, f"test clips ({_lit(Path(run_dir).name)})" if quiet else "test clips")
-
-    def on_progress(e):
-        update(e.clips, e.total)
-
+    lift_progress, lift_update = _late_progress(console, "view sequences")
     try:
-        report = run_eval(cfg, on_progress=on_progress)
+        result = evaluate_run(cfg, on_clips=lambda e: update(e.clips, e.total),
+                              on_sequences=lambda done, total: (progress.stop(), lift_update(done, total)))
     finally:
         progress.stop()
-    write_report(report, default_out(cfg.run, cfg.out), plots=cfg.plots)
-    if quiet:
-        console.print(f"{run_dir}: report in {default_out(cfg.run, cfg.out)}", soft_wrap=True, markup=False)
-    else:
-        _print_report(console, report)
-    from h36m.h36m_tools.names import TRAIN_SUBJECTS
+        lift_progress.stop()
+    folder = default_out(cfg.run, cfg.out)
+    report = result.shards
+    if report is not None:
+        write_report(report, folder, plots=cfg.plots)
+        if quiet:
+            console.print(f"{run_dir}: report in {folder}", soft_wrap=True, markup=False)
+        else:
+            _print_report(console, report)
+        from h36m.h36m_tools.names import TRAIN_SUBJECTS
 
-    trained = [s for s in report.subjects if s in TRAIN_SUBJECTS]
-    if trained:
-        click.echo(f"note: {shards}: holds training subjects ({', '.join(trained)}); the test subjects are S9, S11",
-                   err=True)
+        trained = [s for s in report.subjects if s in TRAIN_SUBJECTS]
+        if trained:
+            click.echo(f"note: {shards}: holds training subjects ({', '.join(trained)}); the test subjects are S9, "
+                       f"S11", err=True)
+    if result.table2 is not None:
+        write_lift_report(result.table2, folder / "table2" if report is not None else folder)
+        _print_lift_report(console, result.table2)
     return report
-
-
-def _evaluate_lift(run_dir, data, keypoints, flip, out, exclude_damaged, every, device, triangulate=True):
-    from h36m.pipelines.evaluate.evaluate import default_out
-    from h36m.pipelines.evaluate.report import write_lift_report
-    from h36m.pipelines.evaluate.table2 import LiftEvalConfig, evaluate_lift
-
-    console = _console()
-    cfg = LiftEvalConfig(run=str(run_dir), data=str(data) if data else None, keypoints=tuple(keypoints), flip=flip,
-                         exclude_damaged=exclude_damaged, every=every, device=device, triangulate=triangulate)
-    with _progress(console) as progress:
-        task = progress.add_task("view sequences", total=None)
-        report = evaluate_lift(cfg, on_progress=lambda done, total: progress.update(task, completed=done,
-                                                                                      total=total))
-    write_lift_report(report, default_out(run_dir, out))
-    _print_lift_report(console, report)
 
 
 def _print_lift_report(console, report):

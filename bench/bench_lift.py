@@ -4,7 +4,7 @@ lifter measured in the same run.
     .venv/bin/python bench/bench_lift.py [--work /tmp/bench_lift] [--preset tiny] [--steps 40]
 
 Train baseline: forward + backward + AdamW step of the preset's lifter on a batch of windows already in memory.
-Measured: `h36m train --stage lift` (train.lift) on a synthetic extracted dataset, windows/s read from its
+Measured: `h36m train --stage lift` (train.stages) on a synthetic extracted dataset, windows/s read from its
 metrics.jsonl (median after the first steps). Test baseline: the lifter's forward on windows in memory; measured:
 `train.sequences.lift_sequence` over whole sequences (windows built from the sequence, flip averaging on, which
 runs the lifter twice: 0.5 is the expected ratio). Ratios = measured / bare.

@@ -134,6 +134,48 @@ def euler_to_R(angles: np.ndarray) -> np.ndarray:
     return rx @ ry @ rz
 
 
+# ----------------------------------------------------------------------------------------- the nominal pixel frame
+
+def nominal_frame(camera_id: str, width: float, height: float) -> tuple[float, int, int]:
+    """The camera's nominal pixel frame, the one frame of every 2-D file shared with other tools and of the
+    lifter's input: (scale, nominal width, nominal height) for a video of that camera recorded width x height px,
+    nominal px = video px x scale (videos are scaled copies, as Intrinsics.for_video says: fx, cx, ... times the
+    same factor). An H36M camera's nominal frame is its intrinsics' size (1000x1002 / 1000x1000); a camera this
+    package does not know is its own nominal frame (scale 1)."""
+    known = bundled().intrinsics.get(str(camera_id))
+    if known is None:
+        return 1.0, int(width), int(height)
+    return known.width / float(width), int(known.width), int(known.height)
+
+
+def nominal_camera(camera: Camera) -> tuple[Camera, float]:
+    """A camera whose intrinsics are at its video's size -> (the same camera at its nominal frame, the scale
+    nominal px / video px): projections with it land in the nominal frame (nominal_frame)."""
+    k = camera.intrinsics
+    s, w, h = nominal_frame(camera.id, k.width, k.height)
+    return Camera(camera.id, k.for_video(w, h), camera.extrinsics), s
+
+
+def screen_affine(width: float, height: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scale (2,), offset (2,)) of VideoPose3D's screen normalisation of a width x height frame (its
+    common/camera.py normalize_screen_coordinates: X / w * 2 - [1, h / w]): screen = px * scale + offset, x in
+    [-1, 1], the aspect ratio kept."""
+    return np.full(2, 2.0 / width), -np.array([1.0, height / width])
+
+
+def normalize_screen(px: np.ndarray, width: float, height: float) -> np.ndarray:
+    """(..., 2) pixels of a width x height frame -> VideoPose3D's screen coordinates (screen_affine)."""
+    scale, offset = screen_affine(width, height)
+    return np.asarray(px, float) * scale + offset
+
+
+def nominal_screen(px: np.ndarray, camera_id: str, width: float, height: float) -> np.ndarray:
+    """(..., 2) video px of a width x height video of the camera -> the lifter's input: the screen normalisation of
+    the camera's nominal frame (nominal_frame, normalize_screen)."""
+    scale, w, h = nominal_frame(camera_id, width, height)
+    return normalize_screen(np.asarray(px, float) * scale, w, h)
+
+
 # ----------------------------------------------------------------------------------------- parameter sets
 
 @dataclass(frozen=True)

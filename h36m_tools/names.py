@@ -61,6 +61,12 @@ POSE3D_SOURCES = (("d3", "world"), ("d3_mono", "camera"), ("d3_mono_universal", 
 LAYOUTS = ("unpacked", "h36m-fetch", "archives")
 
 
+def sequence_key(subject: str, sequence: str) -> str:
+    """The one key of a sequence, in files, reports and errors: `('S1', 'Directions 1')` -> `'S1/Directions_1'`
+    (spaces as underscores, safe in paths and keys)."""
+    return f"{subject}/{sequence.replace(' ', '_')}"
+
+
 @dataclass
 class SequenceFiles:
     """The files of one sequence of one subject, as found (missing ones are None / absent). A file is a Path, or an
@@ -84,7 +90,7 @@ class SequenceFiles:
     @property
     def key(self) -> str:
         """`S1/Directions_1`: subject and name with spaces as underscores, safe in paths and keys."""
-        return f"{self.subject}/{self.name.replace(' ', '_')}"
+        return sequence_key(self.subject, self.name)
 
     @property
     def subaction(self) -> int | None:

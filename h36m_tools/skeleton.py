@@ -50,9 +50,12 @@ def bone_lengths(joints: np.ndarray, parents: np.ndarray = PARENTS17) -> np.ndar
     return np.linalg.norm(joints[..., child, :] - joints[..., parents[child], :], axis=-1)
 
 
-def flip_joints(joints2d: np.ndarray, width: float) -> np.ndarray:
-    """Mirror (..., 17, 2) pixel joints about the vertical axis of an image `width` px wide (pixel centres at
-    integer coordinates: x -> width - 1 - x, as cv2.flip moves pixels), swapping sides."""
-    out = joints2d[..., FLIP17, :].copy()
-    out[..., 0] = width - 1 - out[..., 0]
+def flip_joints(joints, width: float | None = None):
+    """The one left/right mirror of (..., 17, C) joints (numpy or torch): sides swapped (FLIP17) and x mirrored,
+    about the vertical axis of an image `width` px wide for pixel coordinates (pixel centres at integer coordinates:
+    x -> width - 1 - x, as cv2.flip moves pixels), or about x = 0 for centred coordinates (width None: camera-frame
+    3-D, screen-normalised 2-D: x -> -x)."""
+    out = joints[..., FLIP17, :]
+    out = out.clone() if hasattr(out, "clone") else out.copy()
+    out[..., 0] = (-out[..., 0]) if width is None else (width - 1 - out[..., 0])
     return out

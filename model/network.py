@@ -5,12 +5,16 @@
       -> relations over each clip's tokens       (B, V, F, C)
       -> head (refined token + own grid)         joints2d (B, V, F, 17, 2), crop coordinates, [0, 1]
                                                  log_scale2d (B, V, F, 17): log Laplace scale, crop units (or None)
-      -> lifter (cfg.lift; per view, per frame)  joints3d (B, V, F, 17, 3), root-relative camera mm
+      -> lifter (cfg.lift; per view, per frame)  joints3d (B, V, F, 17, 3), root-relative camera mm, from the 2-D
+                                                 joints mapped by `to_screen` into the lifter's one input convention
 
 view_mask (B, V) bool, True = view present: missing views' images are not run through the spatial
 module (their features are zero), no present view attends to them, and their outputs are meaningless
 (mask them out of the loss). view_index (B, V) long: each view's camera position in the rig (picks its E_3D;
-see relations.py); default: view v is camera v. Without a relations module (`paper_baseline`) each image's pooled
+see relations.py); default: view v is camera v. to_screen ((B, V, F, 1, 2) scale, (B, V, F, 1, 2) offset): the
+affine map of each crop's coordinates to the lifter's input, VideoPose3D's screen normalisation of the camera's
+nominal pixel frame (pipelines.loader.inputs builds it from the clip's boxes and cameras); default: the crop taken
+as its own frame (2u - 1). Without a relations module (`paper_baseline`) each image's pooled
 token goes to the head as it is.
 
 Pretrained starts (local files only, never downloaded): `load_pretrained_spatial` (a timm Swin checkpoint) and
@@ -73,7 +77,8 @@ class PoseNetwork(nn.Module):
         return names
 
     def forward(self, images: torch.Tensor, view_mask: Optional[torch.Tensor] = None,
-                view_index: Optional[torch.Tensor] = None) -> ModelOutput:
+                view_index: Optional[torch.Tensor] = None,
+                to_screen: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> ModelOutput:
         if images.ndim != 6:
             raise ValueError(f"expected images (B, V, F, 3, H, W), got shape {tuple(images.shape)}")
         b, v, f = images.shape[:3]
@@ -97,15 +102,15 @@ class PoseNetwork(nn.Module):
             log_scale = log_scale.reshape(b, v, f, -1)
         joints3d = None
         if self.cfg.lift:
-            joints3d = self.lift(joints2d.flatten(0, 1)).reshape(b, v, f, -1, 3)
+            scale, offset = to_screen if to_screen is not None else (2.0, -1.0)
+            joints3d = self.lift((joints2d * scale + offset).flatten(0, 1)).reshape(b, v, f, -1, 3)
         return ModelOutput(joints2d, joints3d, log_scale)
 
-    def lift(self, joints2d_seq: torch.Tensor) -> torch.Tensor:
-        """(N, T, J, 2) crop coordinates in [0, 1] (as in ModelOutput.joints2d), any T -> (N, T, J, 3) mm.
-
-        Maps u -> 2u - 1 and runs `self.lifter.predict_sequence` (a window centred on every frame,
-        or seq2seq windows)."""
-        return self.lifter.predict_sequence(joints2d_seq * 2 - 1)
+    def lift(self, screen_seq: torch.Tensor) -> torch.Tensor:
+        """(N, T, J, 2) the lifter's input (screen-normalised nominal-frame joints, h36m_tools.cameras.nominal_screen),
+        any T -> (N, T, J, 3) mm: `self.lifter.predict_sequence` (a window centred on every frame, or seq2seq
+        windows)."""
+        return self.lifter.predict_sequence(screen_seq)
 
     def _spatial(self, flat: torch.Tensor, view_mask: Optional[torch.Tensor], b: int, v: int,
                  f: int) -> SpatialFeatures:

@@ -127,7 +127,7 @@ def test_cli_prints_the_table_and_names_the_policies(run2d, train_data, tmp_path
                  "Damaged sequences", "excluded", "Frame sampling: every frame", "plots:",
                  "3-D rows: the mean pose only"):
         assert text in out, text
-    assert "Lifter, GT 2-D" not in out          # the 2d run's lifter is untrained: no 3-D rows of it
+    assert "PoseFormer, GT 2-D" not in out          # the 2d run's lifter is untrained: no 3-D rows of it
     assert (tmp_path / "rep" / "results.md").exists() and (tmp_path / "rep" / "plots" / "per_action.png").exists()
     res = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path / "nope"), "--shards", train_data.test])
     assert res.exit_code == 1 and "checkpoint not found" in res.output and len(res.output.strip().splitlines()) == 1

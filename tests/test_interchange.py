@@ -15,7 +15,8 @@ from h36m.h36m_tools.cameras import CAMERA_IDS, bundled, project, world_to_camer
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import discover
 from h36m.h36m_tools.npz import load_npz, positions_2d
-from h36m.h36m_tools.skeleton import to17
+from h36m.h36m_tools.skeleton import JOINTS17, to17
+from h36m.h36m_tools.video import probe
 
 
 def test_export_of_a_release_equals_its_cdfs(small_release, tmp_path):
@@ -26,8 +27,9 @@ def test_export_of_a_release_equals_its_cdfs(small_release, tmp_path):
     pos3d = np.load(tmp_path / "vp3d" / "data_3d_h36m.npz", allow_pickle=True)["positions_3d"].item()
     f2d = np.load(tmp_path / "vp3d" / "data_2d_h36m_gt.npz", allow_pickle=True)
     pos2d, meta = f2d["positions_2d"].item(), f2d["metadata"].item()
-    assert meta == {"layout_name": "h36m", "num_joints": 17,
-                    "keypoints_symmetry": [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]}
+    assert {k: meta[k] for k in ("layout_name", "num_joints", "keypoints_symmetry")} == {
+        "layout_name": "h36m", "num_joints": 17, "keypoints_symmetry": [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]}
+    assert meta["pixel_frame"] == "nominal"
     seqs = {(f.subject, f.name): f for f in discover(small_release)}
     assert set(pos3d) == {"S1", "S5", "S9"} and "S11" not in pos2d        # S11's one sequence is Directions
     cams = bundled()
@@ -41,12 +43,12 @@ def test_export_of_a_release_equals_its_cdfs(small_release, tmp_path):
             p2 = pos2d[subject][action]
             assert len(p2) == 4 and all(a.dtype == np.float32 and a.shape == (len(world), 17, 2) for a in p2)
             for i, cam_id in enumerate(CAMERA_IDS):                                      # camera order
-                if cam_id in raw.d2:
-                    want = to17(cdf.read_pose(raw.d2[cam_id], 2))
+                if cam_id in raw.d2:     # the 250 px video's pixels, scaled to the nominal 1000 px frame
+                    want = to17(cdf.read_pose(raw.d2[cam_id], 2)) * (1000 / probe(raw.videos[cam_id]).width)
                 else:   # S5 of the synthetic release has no D2_Positions: VideoPose3D's projection
                     cam = cams.camera(subject, cam_id)
                     want = project(world_to_camera(to17(world), cam.extrinsics.R, cam.extrinsics.t), cam.intrinsics)
-                np.testing.assert_allclose(p2[i], want, atol=1e-3)
+                np.testing.assert_allclose(p2[i], want, atol=2e-3)
     # the safe reader gives the same
     mine, meta2 = positions_2d(tmp_path / "vp3d" / "data_2d_h36m_gt.npz")
     assert meta2 == meta and all(np.array_equal(mine[s][a][i], pos2d[s][a][i]) for s in pos2d for a in pos2d[s]
@@ -64,9 +66,11 @@ def test_export_of_an_extracted_dataset(extracted, tmp_path):
     for path in list_sequences(extracted, ("S1", "S5", "S9")):
         meta, a = read_sequence(path, with_jpeg=False)
         action = meta.sequence.replace("TakingPhoto", "Photo").replace("WalkingDog", "WalkDog")
-        np.testing.assert_allclose(pos3d[meta.subject][action], a.pose3d / 1000.0, atol=1e-6)
-        for v in range(4):
-            np.testing.assert_array_equal(pos2d[meta.subject][action][v], a.pose2d[:, v])
+        np.testing.assert_allclose(pos3d[meta.subject][action][:, JOINTS17], a.pose3d / 1000.0, atol=1e-6)
+        assert pos3d[meta.subject][action].shape[1] == 32 and np.isfinite(pos3d[meta.subject][action]).all()
+        for v in range(4):          # video pixels times nominal / video width
+            np.testing.assert_allclose(pos2d[meta.subject][action][v],
+                                       a.pose2d[:, v] * (1000 / meta.camera_params[v]["width"]), rtol=1e-6)
 
 
 class _Exploit:

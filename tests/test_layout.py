@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The stages in the order they feed each other; a module may import its own stage and those before it. `files` and
-#: `workers` are helpers every stage may use; `h36m_tools` (the format) and `model` (the network) sit below every stage.
-ORDER = ("files", "workers", "synth", "extract", "interchange", "shards", "loader", "train", "predict", "evaluate",
-         "demo", "cli")
+#: The stages in the order they feed each other; a module may import its own stage and those before it. `files`,
+#: `workers` and `device` are helpers every stage may use; `h36m_tools` (the format) and `model` (the network) sit below
+#: every stage.
+ORDER = ("files", "workers", "device", "synth", "extract", "interchange", "shards", "loader", "train", "predict",
+         "evaluate", "demo", "cli")
 
 
 def _imports(path: Path) -> set[str]:

@@ -16,7 +16,8 @@ from h36m.h36m_tools.npz import positions_2d
 from h36m.model import PRESETS, build_model
 from h36m.model.lifter import PoseFormer
 from h36m.pipelines.train.checkpoint import save_checkpoint
-from h36m.pipelines.train.sequences import flip_2d, flip_3d, inputs, lift_sequence, load_sequences, windows
+from h36m.h36m_tools.skeleton import flip_joints
+from h36m.pipelines.train.sequences import inputs, lift_sequence, load_sequences, windows
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_the_lifter_gives_a_frame_one_prediction_whatever_the_clips(train_data):
     assert not np.allclose(piece[-1], whole[7], atol=1e-3)
     assert np.allclose(lift_sequence(lifter, x, flip=False, chunk=5), whole, atol=1e-2)
     flipped = lift_sequence(lifter, x, flip=True)
-    np.testing.assert_allclose(flipped, (whole + flip_3d(lift_sequence(lifter, flip_2d(x), flip=False))) / 2,
+    np.testing.assert_allclose(flipped, (whole + flip_joints(lift_sequence(lifter, flip_joints(x), flip=False))) / 2,
                                atol=1e-2)
 
 

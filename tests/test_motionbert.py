@@ -234,7 +234,8 @@ def test_motionbert_reads_and_scores_our_export_back_to_camera_millimetres(small
 
 def test_motionbert_export_from_an_extracted_dataset_and_a_2d_file(extracted, tmp_path):
     from h36m.pipelines.extract.dataset import list_sequences, read_sequence
-    from h36m.pipelines.interchange.motionbert import MotionBertConfig, export_motionbert, nominal_intrinsics
+    from h36m.h36m_tools.cameras import Camera, nominal_camera
+    from h36m.pipelines.interchange.motionbert import MotionBertConfig, export_motionbert
     from h36m.pipelines.interchange.npzfile import vp3d_action
 
     # a 2-D file in the nominal frame with confidences (the shape of `h36m predict`'s output)
@@ -244,7 +245,7 @@ def test_motionbert_export_from_an_extracted_dataset_and_a_2d_file(extracted, tm
         if len(meta.cameras) < 4:
             continue
         action = vp3d_action(meta.sequence)
-        views = [project(a.pose3d_cam[:, v].astype(float), nominal_intrinsics(meta.subject, meta.camera_params[v]))
+        views = [project(a.pose3d_cam[:, v].astype(float), nominal_camera(Camera.from_dict(meta.camera_params[v]))[0].intrinsics)
                  for v in range(4)]
         pos2d.setdefault(meta.subject, {})[action] = [(x + 2.0).astype(np.float32) for x in views]
         conf2d.setdefault(meta.subject, {})[action] = [np.full((len(x), 17), 0.5, np.float32) for x in views]
@@ -259,7 +260,7 @@ def test_motionbert_export_from_an_extracted_dataset_and_a_2d_file(extracted, tm
     train_data, test_data, _, test_labels = reader.get_sliced_data()
     assert np.all(train_data[..., 2] == 0.5)
     d = reader.dt_dataset["test"]
-    k = nominal_intrinsics("S9", {**bundled().camera("S9", CAMERA_IDS[0]).intrinsics.to_dict(), "id": CAMERA_IDS[0]})
+    k = bundled().camera("S9", CAMERA_IDS[0]).intrinsics
     np.testing.assert_allclose(d["joint_2d"][:40], project(truth["S9"][:, 0].astype(float), k) + 2.0, atol=1e-3)
     preds, errs, frame_ids, _ = mb_score(reader, mb_trained_target(test_labels, False), rootrel=False)
     for pred, ids in zip(preds, frame_ids):

@@ -16,13 +16,13 @@ def _prediction_files(extracted, tmp_path, key="S9/Walking_1"):
     """A 2-D file of the ground truth in each camera's nominal frame, and a 3-D file (VideoPose3D's positions_3d,
     world metres) of the truth with every joint but the root moved 30 mm along world x."""
     from h36m.pipelines.extract.dataset import list_sequences, read_sequence
-    from h36m.pipelines.interchange.motionbert import nominal_intrinsics
+    from h36m.h36m_tools.cameras import Camera, nominal_camera
     from h36m.pipelines.interchange.npzfile import vp3d_action
 
     path = next(p for p in list_sequences(extracted, ("S9",)))
     meta, a = read_sequence(path, with_jpeg=False)
     action = vp3d_action(meta.sequence)
-    views = [project(a.pose3d_cam[:, v].astype(float), nominal_intrinsics(meta.subject, meta.camera_params[v]))
+    views = [project(a.pose3d_cam[:, v].astype(float), nominal_camera(Camera.from_dict(meta.camera_params[v]))[0].intrinsics)
              for v in range(len(meta.cameras))]
     np.savez(tmp_path / "det.npz", positions_2d={"S9": {action: [x.astype(np.float32) for x in views]}})
     world = a.pose3d.astype(float).copy()

@@ -7,7 +7,7 @@ What is measured (h36m_tools.metrics for the definitions), on every (view, frame
 all cameras; frames covered by several overlapping clips counted once; padded frames never):
   * rows ("methods") of the 3-D tables, MPJPE (protocol #1), P-MPJPE (#2), N-MPJPE and MPJVE, in mm:
       Mean pose      the training set's mean root-relative 3-D pose (camera frame), every frame (baseline)
-      Lifter, GT 2-D the run's lifter on the ground-truth 2-D joints of the crops
+      PoseFormer, GT 2-D  the run's lifter on the ground-truth 2-D joints of the crops
       Ours           the run's 2-D network, then its lifter on the predicted 2-D joints
     (a run of the 2d stage trains no lifter: its report has the mean-pose rows only; Table II comes from a lift run,
     evaluate.table2)
@@ -38,7 +38,18 @@ from h36m.h36m_tools import metrics as M
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import ACTIONS, DAMAGED, subject_order
 
-METHODS = ("Mean pose", "Lifter, GT 2-D", "Ours")
+#: The one naming of the rows of every evaluation (these tables and Table II, evaluate.table2).
+MEAN_POSE = "Mean pose"
+OURS = "Ours"
+
+
+def method_name(source: str) -> str:
+    """The row of the run's lifter on a 2-D source: 'PoseFormer, GT 2-D' for ground truth, 'PoseFormer, <file
+    name>' for a VideoPose3D 2-D file."""
+    return "PoseFormer, GT 2-D" if source == "gt" else f"PoseFormer, {Path(source).name}"
+
+
+METHODS = (MEAN_POSE, method_name("gt"), OURS)
 METRICS_3D = ("MPJPE", "P-MPJPE", "N-MPJPE", "MPJVE")
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
 CURVE_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(31))
@@ -167,13 +178,20 @@ def is_damaged(subject: str, sequence: str) -> bool:
     return (subject, sequence.replace("_", " ")) in DAMAGED
 
 
-def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], None]] = None) -> EvalReport:
+def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], None]] = None,
+             loaded: tuple | None = None) -> EvalReport:
     """Run the network of cfg.run over the test shards and compute every metric; writes nothing (see
-    evaluate.report.write_report). Raises H36MError for a missing / bad checkpoint or unreadable shards."""
+    evaluate.report.write_report). `loaded`: (network, checkpoint) of the run already read (evaluate.run reads a run
+    once). Raises H36MError for a missing / bad checkpoint or unreadable shards."""
     if cfg.every < 1:
         raise ValueError(f"--every must be >= 1, got {cfg.every}")
     t0 = time.perf_counter()
-    views, plots, stage, urls, info = collect(cfg, on_progress)
+    if loaded is None:
+        from h36m.pipelines.device import torch_device
+        from h36m.pipelines.train.checkpoint import load_network
+
+        loaded = load_network(cfg.run, torch_device(cfg.device))
+    views, plots, stage, urls, info = collect(cfg, on_progress, loaded)
     if not any(v.counted.any() for v in views):
         raise H36MError(urls[0] if urls else cfg.shards, "no test frames to evaluate (empty shards, or every "
                                                          "sequence excluded)")
@@ -188,15 +206,14 @@ def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], Non
         actions=[a for a in ACTIONS if any(v.action == a for v in counted)],
         rows3d=rows3d, rows2d=rows2d, oks_sigmas=[float(s) for s in M.OKS_SIGMAS17],
         seconds=time.perf_counter() - t0, clip_plots=plots, strides=sorted({v.stride for v in counted}),
-        pose3d_sources=sorted({v.pose3d_source for v in counted}), **info, **training_time(cfg.run))
+        pose3d_sources=sorted({v.pose3d_source for v in counted}), **info, **training_time(cfg.run, loaded[1]))
     return report
 
 
-def training_time(run: str) -> dict:
+def training_time(run: str, state: dict) -> dict:
     """The run's time per training epoch from its metrics.jsonl (median over whole epochs; NaN before the first
-    finished one) and the subjects of its training shards (from their index, where found)."""
+    finished one) and the subjects of its training shards (from their index, where found); `state` its checkpoint."""
     from h36m.pipelines.shards.urls import expand_urls, index_for, is_local
-    from h36m.pipelines.train.checkpoint import load_checkpoint
     from h36m.pipelines.train.loop import read_metrics
 
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
@@ -205,7 +222,7 @@ def training_time(run: str) -> dict:
            "epoch_images_per_s": float(np.median([r["images_per_s"] for r in epochs])) if epochs else math.nan,
            "train_subjects": []}
     try:
-        shards = load_checkpoint(run)["config"]["train"].get("shards") or []
+        shards = state["config"]["train"].get("shards") or []
         urls = expand_urls(shards)
         index = index_for(urls[0]) if urls and is_local(urls[0]) else None
         if index is not None and index.is_file():
@@ -217,22 +234,21 @@ def training_time(run: str) -> dict:
     return out
 
 
-def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[ClipPlot], str, list[str], dict]:
-    """Predictions for every view of every test clip: (ViewClips, clips to draw, the run's stage, shard URLs,
-    {model, input_size, clip_frames})."""
+def collect(cfg: EvalConfig, on_progress, loaded: tuple) -> tuple[list[ViewClip], list[ClipPlot], str, list[str],
+                                                                  dict]:
+    """Predictions for every view of every test clip by the run's (network, checkpoint) `loaded`: (ViewClips, clips
+    to draw, the run's stage, shard URLs, {model, input_size, clip_frames})."""
     import torch
 
-    from h36m.pipelines.train.checkpoint import load_network
     from h36m.pipelines.loader.loader import LoaderConfig, make_loader
     from h36m.pipelines.shards.urls import expand_urls
-    from h36m.model import confidence, normalise_images
+    from h36m.model import confidence
     from h36m.pipelines.extract.crop import to_full
-    from h36m.pipelines.loader.loader import batch_crop_size
+    from h36m.pipelines.loader.inputs import network_inputs
     from h36m.pipelines.train.pose_stats import PoseStats
 
-    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
-                       else "cpu")
-    net, state = load_network(cfg.run, dev)
+    net, state = loaded
+    dev = next(net.parameters()).device
     stats = PoseStats.from_state(state.get("stats"))
     if stats.count == 0:
         raise H36MError(cfg.run, "checkpoint has no training pose statistics (mean-pose baseline)")
@@ -256,16 +272,16 @@ def collect(cfg: EvalConfig, on_progress=None) -> tuple[list[ViewClip], list[Cli
     clips, clip_frames = 0, 0
     with torch.no_grad():   # not inference_mode: the loader's shared buffers are updated outside it
         for batch in loader:
-            crop = batch_crop_size(batch)
-            mask = batch["view_mask"].bool()
-            images = normalise_images(batch["images"].to(dev), net.cfg.spatial)
-            out = net(images, mask.to(dev), batch["view_index"].to(dev))
+            x = network_inputs(batch, net.cfg.spatial, dev)
+            crop, mask = x.crop, batch["view_mask"].bool()
+            out = net(x.images, x.view_mask, x.view_index)
             pred2d01 = out.joints2d.float()
             conf = None if out.log_scale2d is None else confidence(out.log_scale2d).cpu().numpy().astype(np.float64)
             clip_frames = int(batch["pose2d"].shape[2])
             gt2d01 = batch["pose2d"].float().to(dev) / crop
-            p3 = net.lift(pred2d01[mask.to(dev)]).float().cpu().numpy()
-            g3 = net.lift(gt2d01[mask.to(dev)]).float().cpu().numpy()
+            scale, offset = (t[x.view_mask] for t in x.to_screen)       # the lifter's one input convention
+            p3 = net.lift(pred2d01[x.view_mask] * scale + offset).float().cpu().numpy()
+            g3 = net.lift(gt2d01[x.view_mask] * scale + offset).float().cpu().numpy()
             pred2d = pred2d01.cpu().numpy() * crop
             cam = batch["pose3d_cam"].numpy().astype(np.float64)
             gt3d = cam - cam[..., :1, :]
@@ -378,10 +394,10 @@ def table2d(views: list[ViewClip], coco: bool = True, input_size: int = 0) -> li
     to_input = (input_size / side)[:, None, None] if input_size else None
     rows = []
     scored = all(v.conf2d is not None for v in counted)
-    for method, attr in (("Mean pose", "base2d"), ("Ours", "pred2d")):
+    for method, attr in ((MEAN_POSE, "base2d"), (OURS, "pred2d")):
         pred = np.concatenate([getattr(v, attr)[v.counted] for v in counted])
         scores = np.concatenate([v.conf2d[v.counted].mean(-1) for v in counted]) \
-            if method == "Ours" and scored else None
+            if method == OURS and scored else None
         ap, ar = M.oks_ap_ar(pred, gt, M.tight_boxes(gt), scores=scores) if coco else (math.nan, math.nan)
         inp = (M.mean_error_2d(pred * to_input, gt * to_input), M.mse_2d(pred * to_input, gt * to_input)) \
             if to_input is not None else (math.nan, math.nan)
@@ -399,5 +415,6 @@ def default_out(run: str | Path, out: str | Path | None = None) -> Path:
 
 
 __all__ = ["EvalConfig", "EvalReport", "EvalProgress", "Row3D", "Row2D", "ViewClip", "ClipPlot", "evaluate",
-           "collect", "table3d", "table2d", "is_damaged", "default_out", "METHODS", "METRICS_3D",
+           "collect", "table3d", "table2d", "is_damaged", "default_out", "METHODS", "METRICS_3D", "MEAN_POSE", "OURS",
+           "method_name",
            "CURVE_THRESHOLDS"]

@@ -11,7 +11,7 @@ from h36m.h36m_tools.skeleton import BONES17, LEFT17
 
 from h36m.pipelines.evaluate.evaluate import CURVE_THRESHOLDS, ClipPlot, EvalReport
 
-COLORS = {"Mean pose": "#9e9e9e", "Lifter, GT 2-D": "#4c72b0", "Ours": "#dd8452"}
+COLORS = {"Mean pose": "#9e9e9e", "PoseFormer, GT 2-D": "#4c72b0", "Ours": "#dd8452"}
 
 
 def _plt():

@@ -19,7 +19,7 @@ from pathlib import Path
 from h36m.pipelines.files import write_atomic
 from h36m.h36m_tools.names import ACTIONS
 
-from h36m.pipelines.evaluate.evaluate import METRICS_3D, EvalReport
+from h36m.pipelines.evaluate.evaluate import METRICS_3D, OURS, EvalReport
 
 #: Column headers of the action columns (the published tables' short forms).
 SHORT = {"Directions": "Dir.", "Discussion": "Disc.", "Eating": "Eat", "Greeting": "Greet", "Phoning": "Phone",
@@ -185,7 +185,7 @@ def compare_rows(reports: list[EvalReport]) -> list[list[str]]:
     """One row per run (COMPARE_COLUMNS): the network's Table I metrics and its clip length F (Table III)."""
     rows = []
     for r in reports:
-        ours = next(x for x in r.rows2d if x.method == "Ours")
+        ours = next(x for x in r.rows2d if x.method == OURS)
         rows.append([Path(r.run).name or r.run, r.model or "-", str(r.clip_frames), _cell(ours.ap, 3), _cell(ours.ar, 3),
                      f"{ours.pck.get('PCK@0.05', math.nan):.3f}", f"{ours.pck.get('PCK@0.2', math.nan):.3f}",
                      _cell(ours.mse_input_px2, 1), _cell(ours.mse_px2, 0), _cell(r.epoch_time_s, 1)])

@@ -229,7 +229,7 @@ def _from_file(file, meta, a, v: int) -> tuple[np.ndarray | None, np.ndarray | N
     from h36m.h36m_tools.cameras import world_to_camera
     from h36m.h36m_tools.npz import load_npz
     from h36m.pipelines.extract.crop import to_crop
-    from h36m.pipelines.interchange.motionbert import nominal_intrinsics
+    from h36m.h36m_tools.cameras import nominal_frame
     from h36m.pipelines.interchange.npzfile import vp3d_action
     from h36m.pipelines.interchange.npzfile import camera_keypoints
 
@@ -243,7 +243,7 @@ def _from_file(file, meta, a, v: int) -> tuple[np.ndarray | None, np.ndarray | N
             if arr is None:
                 raise H36MError(file, f"no 2-D of {meta.key} camera {cam}")
             params = meta.camera_params[u]
-            video_px = arr[a.frame] * (params["width"] / nominal_intrinsics(meta.subject, params).width)
+            video_px = arr[a.frame] / nominal_frame(cam, params["width"], params["height"])[0]
             views.append(to_crop(video_px, a.box[:, u], meta.crop_size))
         p2 = np.stack(views, 1)
     for member, unit in (("triangulated_3d", 1.0), ("positions_3d", 1000.0)):

@@ -35,12 +35,11 @@ import numpy as np
 from h36m.h36m_tools import metrics as M
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import ACTIONS, DAMAGED, TEST_SUBJECTS, parse_subjects, subject_order
-from h36m.pipelines.evaluate.evaluate import Row3D, _row, is_damaged
+from h36m.pipelines.evaluate.evaluate import MEAN_POSE, Row3D, _row, is_damaged, method_name
 
 TABLE2_METRICS = ("MPJPE", "P-MPJPE")
 #: The triangulation rows' extra metric: MPJPE of world joints without any alignment, mm.
 ABS_MPJPE = "Abs. MPJPE"
-MEAN_POSE = "Mean pose"
 
 
 @dataclass
@@ -89,10 +88,6 @@ class LiftReport:
         return [MEAN_POSE] + [method_name(s) for s in self.sources] + list(self.triangulated)
 
 
-def method_name(source: str) -> str:
-    return "PoseFormer, GT 2-D" if source == "gt" else f"PoseFormer, {Path(source).name}"
-
-
 def triangulated_name(source: str, views: int, robust: bool = False) -> str:
     """'Triangulated (4 views), GT 2-D', 'Triangulated robust (4 views), pred.npz'."""
     return (f"Triangulated{' robust' if robust else ''} ({views} views), "
@@ -117,8 +112,11 @@ def triangulation_errors(mv, views: int, robust: bool = False) -> dict[str, np.n
     return {m: np.mean(v, axis=0) for m, v in out.items() if v}
 
 
-def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int], None]] = None) -> LiftReport:
-    """Table II of a lift run; `on_progress(view sequences done, total)`. Writes nothing (report.write_lift_report)."""
+def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int], None]] = None,
+                  loaded: tuple | None = None) -> LiftReport:
+    """Table II of a run with a trained lifter (lift or joint stage); `on_progress(view sequences done, total)`;
+    `loaded`: (network, checkpoint) of the run already read (evaluate.run reads a run once). Writes nothing
+    (report.write_lift_report)."""
     import torch
 
     from h36m.pipelines.train.checkpoint import load_network
@@ -128,9 +126,9 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
     if cfg.every < 1:
         raise ValueError(f"--every must be >= 1, got {cfg.every}")
     t0 = time.perf_counter()
-    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
-                       else "cpu")
-    net, state = load_network(cfg.run, dev)
+    from h36m.pipelines.device import torch_device
+
+    net, state = loaded if loaded is not None else load_network(cfg.run, torch_device(cfg.device))
     train_cfg = state["config"]["train"]
     stats = PoseStats.from_state(state.get("stats"))
     if stats.count == 0:
@@ -232,12 +230,5 @@ def _triangulation_rows(cfg: LiftEvalConfig, data: str, subjects, sources: list[
     return methods, weighted
 
 
-def is_lift_run(run: str) -> bool:
-    """True when the run (folder or checkpoint) was trained by the lift stage."""
-    from h36m.pipelines.train.checkpoint import load_checkpoint
-
-    return load_checkpoint(run)["config"]["train"].get("stage") == "lift"
-
-
-__all__ = ["LiftEvalConfig", "LiftReport", "evaluate_lift", "is_lift_run", "method_name", "triangulated_name",
+__all__ = ["LiftEvalConfig", "LiftReport", "evaluate_lift", "method_name", "triangulated_name",
            "triangulation_errors", "TABLE2_METRICS", "ABS_MPJPE", "MEAN_POSE"]

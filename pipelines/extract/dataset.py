@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from h36m.h36m_tools.names import sequence_order
+from h36m.h36m_tools.names import sequence_key, sequence_order
 from h36m.pipelines.files import atomic_path
 
 FORMAT = 1
@@ -64,7 +64,7 @@ class SequenceMeta:
 
     @property
     def key(self) -> str:
-        return f"{self.subject}/{self.sequence.replace(' ', '_')}"
+        return sequence_key(self.subject, self.sequence)
 
 
 @dataclass

@@ -38,11 +38,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from h36m.h36m_tools.cameras import CAMERA_IDS, bundled
+from h36m.h36m_tools.cameras import CAMERA_IDS, nominal_frame
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import SUBJECTS, sequence_table
-from h36m.h36m_tools.npz import METADATA_2D
-from h36m.pipelines.interchange.npzfile import vp3d_action, write_npz
+from h36m.pipelines.interchange.npzfile import metadata_2d, vp3d_action, write_npz
 
 #: Largest results / images file read, bytes (the full H36M test set's detections are about 0.5 GB).
 MAX_JSON_BYTES = 4 << 30
@@ -155,7 +154,7 @@ def import_2d(cfg: Import2DConfig) -> Import2DResult:
     best: dict[tuple[str, str, str, int], tuple[float, np.ndarray]] = {}
     unmatched: dict[str, list[str]] = {}
     duplicates = 0
-    nominal = {c: bundled().camera("S1", c).intrinsics.width for c in CAMERA_IDS}
+    nominal = {c: nominal_frame(c, 1, 1)[1] for c in CAMERA_IDS}     # nominal width per camera
     for i, det in enumerate(detections):
         where = f"detection {i}"
         name, width = _image_of(det, images, cfg.results, where)
@@ -194,7 +193,7 @@ def import_2d(cfg: Import2DConfig) -> Import2DResult:
         why = "; ".join(f"{len(v)} with {k}" for k, v in unmatched.items()) or "no detections"
         raise H36MError(cfg.results, f"no sequence with all 4 cameras to import ({why})")
     out = Path(cfg.out)
-    write_npz(out, positions_2d=pos, confidence_2d=conf, metadata=METADATA_2D)
+    write_npz(out, positions_2d=pos, confidence_2d=conf, metadata=metadata_2d())
     used = sum(1 for subject, seq, _, _ in best if vp3d_action(seq) in pos.get(subject, {}))
     return Import2DResult(out, len(detections), used, sum(len(v) for v in pos.values()), filled, duplicates,
                           unmatched, skipped)

@@ -209,6 +209,7 @@ def _from_release(root: Path, subjects):
 
 
 def _from_extracted(root: Path, subjects):
+    from h36m.h36m_tools.cameras import Camera, nominal_camera
     from h36m.pipelines.extract.dataset import list_sequences, read_meta, read_sequence
 
     def loader(path):
@@ -217,7 +218,8 @@ def _from_extracted(root: Path, subjects):
             if list(meta.cameras) != list(CAMERA_IDS):
                 return None
             return CameraSequence(meta.subject, meta.sequence, CAMERA_IDS,
-                                  tuple(nominal_intrinsics(meta.subject, p) for p in meta.camera_params),
+                                  tuple(nominal_camera(Camera.from_dict(p))[0].intrinsics
+                                        for p in meta.camera_params),
                                   np.transpose(a.pose3d_cam, (1, 0, 2, 3)).astype(np.float64),
                                   a.frame.astype(np.int64))
         return load
@@ -231,15 +233,3 @@ def _from_extracted(root: Path, subjects):
         meta = read_meta(path)
         out.append((meta.key, meta.subject, meta.sequence, loader(path)))
     return out
-
-
-def nominal_intrinsics(subject: str, params: dict) -> Intrinsics:
-    """A camera's intrinsics as an extracted dataset stores them (at its video's size, Camera.to_dict) -> the same
-    camera in its nominal pixel frame (the bundled camera's width and height, e.g. 1000x1002)."""
-    from dataclasses import fields, replace
-
-    from h36m.h36m_tools.cameras import bundled
-
-    k = Intrinsics(**{f.name: params[f.name] for f in fields(Intrinsics)})
-    nominal = bundled().camera(subject, str(params["id"])).intrinsics
-    return replace(k.scaled(nominal.width / k.width), width=nominal.width, height=nominal.height)

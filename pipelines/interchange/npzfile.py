@@ -15,6 +15,22 @@ from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.h36m_tools.errors import H36MError
 from h36m.pipelines.files import atomic_path
 
+#: What `metadata['pixel_frame']` says in every 2-D file this project writes: each camera's nominal frame.
+PIXEL_FRAME = "nominal"
+
+
+def metadata_2d() -> dict:
+    """The `metadata` of every 17-joint 2-D file this project writes: VideoPose3D's keys (layout_name, num_joints,
+    keypoints_symmetry; h36m_tools.npz.METADATA_2D) and the pixel frame its coordinates are in: `pixel_frame`
+    'nominal' (each camera's nominal frame, h36m_tools.cameras.nominal_frame) and `frame_size` {camera id: [width,
+    height]}. VideoPose3D's and PoseFormer's loaders read only their own keys."""
+    from h36m.h36m_tools.cameras import CAMERA_IDS, bundled
+    from h36m.h36m_tools.npz import METADATA_2D
+
+    k = bundled().intrinsics
+    return {**METADATA_2D, "pixel_frame": PIXEL_FRAME,
+            "frame_size": {c: [int(k[c].width), int(k[c].height)] for c in CAMERA_IDS}}
+
 #: (subject, raw sequence name) pairs VideoPose3D leaves out.
 VP3D_DROPPED = (("S11", "Directions"),)
 
@@ -53,8 +69,9 @@ def loaded_sequences(items: Iterable[tuple[str, str, str, Callable]], skipped: d
 def camera_keypoints(kp: dict, path, subject: str, sequence: str, camera: str, frames: np.ndarray
                      ) -> np.ndarray | None:
     """One camera's 2-D joints of a sequence in a VideoPose3D 2-D file: kp = its positions_2d (h36m_tools.npz), path
-    = the file (for errors) -> the whole (M, 17, 2) float64 array, M > frames.max(), or None when the file lacks that
-    camera of that sequence. Raises H36MError naming the file on another joint count or fewer frames."""
+    = the file (for errors) -> the whole (M, 17, 2) float64 array of nominal-frame px, M > frames.max(), or None when
+    the file lacks that camera of that sequence. Raises H36MError naming the file on another joint count or fewer
+    frames."""
     action = vp3d_action(sequence)
     cams = kp.get(subject, {}).get(action)
     idx = CAMERA_IDS.index(camera) if camera in CAMERA_IDS else -1

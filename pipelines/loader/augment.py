@@ -21,7 +21,7 @@ import copy
 
 import numpy as np
 
-from h36m.h36m_tools.skeleton import FLIP17
+from h36m.h36m_tools.skeleton import flip_joints
 from h36m.pipelines.shards.sample import Clip
 
 MIRROR = np.diag([-1.0, 1.0, 1.0])
@@ -44,16 +44,13 @@ def flip_clip(clip: Clip) -> Clip:
     loader's decoding (shards.sample.decode_into) mirrors the crops of a clip whose meta says 'flipped'."""
     size = float(clip.meta["crop_size"])
     widths = np.array([float(c["width"]) for c in clip.cameras], np.float32)[:, None]       # (V, 1)
-    pose2d = clip.pose2d[..., FLIP17, :].copy()
-    pose2d[..., 0] = size - 1.0 - pose2d[..., 0]
+    pose2d = flip_joints(clip.pose2d, size)
     box = clip.box.copy()
     step = (clip.box[..., 2] - clip.box[..., 0]) / size                                      # full px per crop px
     box[..., 0] = widths - 1.0 - clip.box[..., 2] + step
     box[..., 2] = widths - 1.0 - clip.box[..., 0] + step
-    pose3d_cam = clip.pose3d_cam[..., FLIP17, :].copy()
-    pose3d_cam[..., 0] *= -1
-    pose3d = clip.pose3d[..., FLIP17, :].copy()
-    pose3d[..., 0] *= -1
+    pose3d_cam = flip_joints(clip.pose3d_cam)
+    pose3d = flip_joints(clip.pose3d)
     meta = copy.deepcopy(clip.meta)
     meta["flipped"] = not meta.get("flipped", False)
     images = None if clip.images is None else np.ascontiguousarray(clip.images[..., ::-1])

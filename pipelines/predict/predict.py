@@ -1,5 +1,5 @@
 """`h36m predict`: the 2-D network of a run over every clip of some shards -> whole-sequence 2-D joints per subject,
-action and camera, in full-frame pixels, written as a VideoPose3D 2-D keypoints file.
+action and camera, in each camera's nominal pixel frame, written as a VideoPose3D 2-D keypoints file.
 
     from h36m.pipelines.predict.predict import PredictConfig, predict
     result = predict(PredictConfig(run="runs/2d", shards="SH/test-*.tar", out="pred.npz"))
@@ -7,11 +7,13 @@ action and camera, in full-frame pixels, written as a VideoPose3D 2-D keypoints 
 Every real (unpadded) frame of every clip gives one prediction per view; a frame covered by several clips (shards
 cut with --stride below --frames) gets the mean of its predictions, so each frame has exactly one value. With
 `flip` each clip is also run mirrored (every view's crop reversed along its width), the mirrored prediction mapped
-back (x -> crop - 1 - x, left/right joints swapped) and averaged with the plain one. Crop pixels go to full-frame
-pixels through the clip's boxes (extract.crop.to_full).
+back (skeleton.flip_joints) and averaged with the plain one. Crop pixels go to full-frame video pixels through the
+clip's boxes (extract.crop.to_full), then to the camera's nominal frame (h36m_tools.cameras.nominal_frame: 1000x1002
+/ 1000x1000 for H36M, whatever the video's size), the frame VideoPose3D projects into.
 The file (h36m_tools.npz for the layout): positions_2d[subject][action][camera index] (N, 17, 2) float32, N = the
 last covered frame + 1, actions named as VideoPose3D names them (interchange.npzfile.vp3d_action), cameras in
-CAMERA_IDS order, and `metadata` (layout_name, num_joints, keypoints_symmetry). A network with a confidence head
+CAMERA_IDS order, and `metadata` (interchange.npzfile.metadata_2d: layout_name, num_joints, keypoints_symmetry and
+the pixel frame). A network with a confidence head
 (model.head) also gives confidence_2d[subject][action][camera index] (N, 17) float32 in (0, 1], a member of its own
 beside positions_2d (averaged over flips and overlapping clips like the coordinates): VideoPose3D's and PoseFormer's
 loaders read only `positions_2d` and `metadata`, and size their networks' input by the last axis of positions_2d, so
@@ -30,9 +32,9 @@ import numpy as np
 
 from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.npz import METADATA_2D
-from h36m.h36m_tools.skeleton import FLIP17
-from h36m.pipelines.interchange.npzfile import vp3d_action, write_npz
+from h36m.h36m_tools.names import sequence_key
+from h36m.h36m_tools.skeleton import FLIP17, flip_joints
+from h36m.pipelines.interchange.npzfile import metadata_2d, vp3d_action, write_npz
 
 
 @dataclass
@@ -89,25 +91,18 @@ class Stitcher:
         return out
 
 
-def unflip_crop(joints: np.ndarray, crop: float) -> np.ndarray:
-    """(..., 17, 2) crop px predicted on a mirrored crop -> the same joints in the plain crop."""
-    out = joints[..., FLIP17, :].copy()
-    out[..., 0] = crop - 1.0 - out[..., 0]
-    return out
-
-
 def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[int]], None]] = None
             ) -> PredictResult:
     """Run, stitch and write cfg.out atomically; `on_progress(clips done, total or None)` after each batch."""
     import torch
 
-    from h36m.model import confidence, normalise_images
-    from h36m.pipelines.extract.crop import to_full
-    from h36m.pipelines.loader.loader import LoaderConfig, batch_crop_size, make_loader
+    from h36m.model import confidence
+    from h36m.pipelines.device import torch_device
+    from h36m.pipelines.loader.inputs import crop_to_nominal, network_inputs
+    from h36m.pipelines.loader.loader import LoaderConfig, make_loader
     from h36m.pipelines.train.checkpoint import load_network
 
-    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device == "cuda"
-                       else "cpu")
+    dev = torch_device(cfg.device)
     net, _ = load_network(cfg.run, dev)
     first = cfg.shards if isinstance(cfg.shards, str) else cfg.shards[0]
     try:
@@ -120,29 +115,28 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
     stitch, clips = Stitcher(), 0
     with_conf = bool(net.cfg.head.confidence)
 
-    def run(images, mask, crop):
+    def run(x, images):
         """(B, V, F, 17, 2) crop px, (B, V, F, 17) confidence or None."""
-        out = net(images, mask)
+        out = net(images, x.view_mask, x.view_index)
         conf = None if out.log_scale2d is None else confidence(out.log_scale2d).cpu().numpy()
-        return out.joints2d.float().cpu().numpy() * crop, conf
+        return out.joints2d.float().cpu().numpy() * x.crop, conf
 
     with torch.no_grad():
         for batch in loader:
-            crop = batch_crop_size(batch)
-            mask = batch["view_mask"].bool()
-            images = normalise_images(batch["images"].to(dev), net.cfg.spatial)
-            pred, conf = run(images, mask.to(dev), crop)                                # (B, V, F, 17, 2), (..., 17)
+            x = network_inputs(batch, net.cfg.spatial, dev)
+            crop, mask = x.crop, batch["view_mask"].bool()
+            pred, conf = run(x, x.images)                                              # (B, V, F, 17, 2), (..., 17)
             if cfg.flip:
-                mirrored, mconf = run(images.flip(-1), mask.to(dev), crop)
-                pred = (pred + unflip_crop(mirrored, crop)) / 2
+                mirrored, mconf = run(x, x.images.flip(-1))
+                pred = (pred + flip_joints(mirrored, crop)) / 2
                 if with_conf:
                     conf = (conf + mconf[..., FLIP17]) / 2
             for b, meta in enumerate(batch["meta"]):
                 real = int(meta.get("real_frames", len(meta["frames"])))
                 frames = np.asarray(meta["frames"][:real], np.int64)
                 for v in range(int(mask[b].sum())):
-                    box = batch["box"][b, v, :real].numpy().astype(np.float64)
-                    joints = to_full(pred[b, v, :real].astype(np.float64), box, crop)
+                    joints = crop_to_nominal(pred[b, v, :real], batch["box"][b, v, :real].numpy(), crop,
+                                             batch["cameras"][b][v])
                     if with_conf:
                         joints = np.concatenate([joints, conf[b, v, :real, :, None].astype(np.float64)], axis=-1)
                     stitch.add((meta["subject"], meta["sequence"], str(meta["cameras"][v])), frames, joints)
@@ -155,7 +149,7 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
     confidences: dict[str, dict[str, list[np.ndarray]]] = {}
     skipped, frames = {}, 0
     for (subject, sequence), cams in sorted(stitch.sequences().items()):
-        key = f"{subject}/{sequence.replace(' ', '_')}"
+        key = sequence_key(subject, sequence)
         problems = [v for v in cams.values() if isinstance(v, str)]
         absent = [c for c in CAMERA_IDS if c not in cams]
         if problems or absent:
@@ -172,5 +166,5 @@ def predict(cfg: PredictConfig, on_progress: Optional[Callable[[int, Optional[in
         raise H36MError(first, "no whole sequence to write (" + "; ".join(f"{k}: {v}" for k, v in skipped.items())
                         + ")")
     extra = {"confidence_2d": confidences} if with_conf else {}
-    write_npz(cfg.out, positions_2d=positions, metadata=METADATA_2D, **extra)
+    write_npz(cfg.out, positions_2d=positions, metadata=metadata_2d(), **extra)
     return PredictResult(Path(cfg.out), sum(len(v) for v in positions.values()), frames, clips, skipped, with_conf)

@@ -4,10 +4,10 @@ cameras (h36m_tools.triangulate for the maths).
     from h36m.pipelines.predict.triangulate import TriangulateConfig, triangulate
     result = triangulate(TriangulateConfig(predictions="pred.npz", data="EXTRACTED", out="world.npz"))
 
-Input: a VideoPose3D 2-D file (`h36m predict`'s, or anyone's detections with cameras in CAMERA_IDS order), with its
-`confidence_2d` where present (the views' weights; else every view weighs 1), and an extracted dataset whose
-sequences give the cameras (intrinsics at the video size the 2-D is measured in, and each subject's extrinsics) and
-the ground-truth world joints the result is compared with.
+Input: a VideoPose3D 2-D file (`h36m predict`'s, or anyone's detections with cameras in CAMERA_IDS order) in each
+camera's nominal pixel frame (h36m_tools.cameras.nominal_frame), with its `confidence_2d` where present (the views'
+weights; else every view weighs 1), and an extracted dataset whose sequences give the cameras (taken to their nominal
+frame, and each subject's extrinsics) and the ground-truth world joints the result is compared with.
 Output (atomically; h36m_tools.npz reads it safely):
     triangulated_3d[subject][action]   (N, 17, 3) float32 world mm, frame i = row i of the 2-D file (NaN: fewer than
                                        two views usable)
@@ -28,9 +28,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from h36m.h36m_tools.cameras import CAMERA_IDS, Camera
+from h36m.h36m_tools.cameras import CAMERA_IDS, Camera, nominal_camera
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.names import SUBJECTS
+from h36m.h36m_tools.names import SUBJECTS, sequence_key
 from h36m.h36m_tools.triangulate import triangulate_dlt, triangulate_robust
 from h36m.pipelines.interchange.npzfile import vp3d_action, write_npz
 
@@ -43,15 +43,15 @@ class MultiView:
     subject: str
     sequence: str               # raw name, 'Directions 1'
     action: str                 # canonical action
-    cameras: list[Camera]       # V cameras, intrinsics at the frame size of `points`
+    cameras: list[Camera]       # V cameras, intrinsics at their nominal frame (the frame of `points`)
     frames: np.ndarray          # (N,) source frame indices
-    points: np.ndarray          # (V, N, 17, 2) full-frame px
+    points: np.ndarray          # (V, N, 17, 2) px of each camera's nominal frame (h36m_tools.cameras.nominal_frame)
     confidence: Optional[np.ndarray]   # (V, N, 17) in [0, 1], or None (every view weighs 1)
     world: np.ndarray           # (N, 17, 3) ground-truth world joints, mm
 
     @property
     def key(self) -> str:
-        return f"{self.subject}/{self.sequence.replace(' ', '_')}"
+        return sequence_key(self.subject, self.sequence)
 
 
 def load_views(extracted: str | os.PathLike, subjects=None, keypoints: str = "gt", every_frame: bool = False
@@ -72,12 +72,13 @@ def load_views(extracted: str | os.PathLike, subjects=None, keypoints: str = "gt
         subjects = sorted(pos) if pos is not None else SUBJECTS
     out, missing = [], []
     for meta, a in extracted_sequences(extracted, subjects):
-        cams = [Camera.from_dict(p) for p in meta.camera_params]
+        cams, scales = zip(*(nominal_camera(Camera.from_dict(p)) for p in meta.camera_params))
         frames = a.frame.astype(np.int64)
         world = a.pose3d.astype(np.float64)
         if pos is None:
-            out.append(MultiView(meta.subject, meta.sequence, meta.action, cams, frames,
-                                 a.pose2d.transpose(1, 0, 2, 3).astype(np.float64), None, world))
+            out.append(MultiView(meta.subject, meta.sequence, meta.action, list(cams), frames,
+                                 a.pose2d.transpose(1, 0, 2, 3).astype(np.float64)
+                                 * np.asarray(scales)[:, None, None, None], None, world))
             continue
         found = [camera_keypoints(pos, keypoints, meta.subject, meta.sequence, c, frames) for c in meta.cameras]
         keep = [v for v, arr in enumerate(found) if arr is not None]

@@ -68,7 +68,9 @@ class Clip:
 
 def clip_key(subject: str, sequence: str, start: int) -> str:
     """`('S1', 'Directions 1', 128)` -> `'S1/Directions_1/000128'`."""
-    return f"{subject}/{sequence.replace(' ', '_')}/{int(start):06d}"
+    from h36m.h36m_tools.names import sequence_key
+
+    return f"{sequence_key(subject, sequence)}/{int(start):06d}"
 
 
 def _npy(a: np.ndarray) -> bytes:

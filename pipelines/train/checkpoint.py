@@ -27,10 +27,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically (temporary file in the same folder, fsync, os.replace)."""
+    """Write `state` to `path` atomically (temporary file in the same folder, fsync, os.replace). Never writes a
+    model with non-finite weights: H36MError naming the file and the first such tensor (the file stays as it was)."""
     import torch
 
     path = Path(path)
+    for name, t in (state.get("model") or {}).items():
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise H36MError(path, f"not written: the model's {name} holds non-finite values")
     with atomic_path(path, fsync=True) as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
     return path

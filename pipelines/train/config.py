@@ -84,7 +84,7 @@ class TrainConfig:
     data: str | None = None                # lift stage: the extracted dataset whose whole sequences it trains on
     keypoints: str = "gt"                  # lift stage 2-D inputs: gt, or a VideoPose3D 2-D .npz (h36m predict)
     subjects: str = "S1,S5,S6,S7,S8"       # lift stage training subjects (those present in `data`)
-    flip: bool = True                      # lift stage: every window also mirrored (train.lift)
+    flip: bool = True                      # lift stage: every window also mirrored (train.stages)
     lr_decay: float | None = None          # lift stage: lr multiplied by this after every epoch
     out: str = "run"                       # run folder
     preset: str = "tiny"                   # model preset (ignored for the model when `init` is given)

@@ -4,11 +4,11 @@
     result = train(TrainConfig(shards="SH/train-{000000..000003}.tar", out="runs/2d", stage="2d"))
     result = resume("runs/2d")                         # continues at the same step and learning rate
 
-Stages (see TrainConfig.stage): `2d` trains spatial + relations + head on the images (loss: mean Euclidean 2-D joint
-error in crop units, the crop side = 1, plus the Laplace NLL of a head with a confidence branch, as
-TrainConfig.confidence_loss says); `lift` trains only the lifter, on whole sequences of an extracted dataset
-held in memory (train.lift: no shards, no images); `joint` fine-tunes everything end to end on the shards' clips
-(2-D loss + w x 3-D loss of the lifter on the clip's own 2-D predictions).
+The loop is one for every stage: config writing, checkpoints, resume, cadence (logging, checkpoints, epochs),
+signals and the non-finite guard live here; a stage (train.stages: 2d, lift, joint) supplies its batches, its loss,
+what it logs, its schedule and how its mean-pose baseline is gathered. A step whose loss or gradient is not finite
+stops the run with one line naming the step and its input, before the weights change: the last checkpoint stays
+(and train.checkpoint never writes non-finite weights).
 
 Run folder:
     config.toml, config.json   the resolved TrainConfig and ModelConfig
@@ -18,8 +18,9 @@ Run folder:
     ranks/rank-<r>.jsonl       per-rank step log (several processes only)
     tb/                        TensorBoard events
 
-Determinism: the loader's order is a function of (seed, epoch, rank); the RNG states are in the checkpoint. A run stopped after a checkpoint and resumed skips the
-epoch's batches already used and reproduces the unbroken run's losses.
+Determinism: the order of a stage's batches is a function of (seed, epoch, rank); the RNG states are in the
+checkpoint. A run stopped after a checkpoint and resumed skips the epoch's batches already used and reproduces the
+unbroken run's losses.
 Several processes: start with torchrun; every rank runs the same number of steps (the loader's equal_batches), the
 backend is NCCL on GPUs and gloo on CPUs; only rank 0 writes files and reports progress.
 """
@@ -36,15 +37,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from h36m.pipelines.device import torch_device
 from h36m.pipelines.files import write_atomic
 from h36m.pipelines.shards.urls import is_pipe
 from h36m.h36m_tools.errors import H36MError
 
-from h36m.pipelines.train.losses import joint_distance, laplace_nll, mpjpe_m
 from h36m.pipelines.train.pose_stats import PoseStats
 from h36m.pipelines.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from h36m.pipelines.train.config import RUN_CONTROL, TrainConfig, from_dict, model_config, resolve, to_dict, to_toml
-
 
 
 @dataclass
@@ -83,10 +83,6 @@ def train(cfg: TrainConfig, on_progress: Optional[Callable[[TrainEvent], None]] 
     ckpt = Path(cfg.out) / CHECKPOINT_NAME
     if ckpt.exists():
         raise H36MError(cfg.out, "already holds a run (checkpoint.pt); use --resume, or another --out")
-    if cfg.stage == "lift":
-        from h36m.pipelines.train.lift import train_lift
-
-        return train_lift(cfg, None, on_progress)
     return _Trainer(cfg, None, on_progress).run()
 
 
@@ -115,32 +111,25 @@ def resume(run: str | os.PathLike, on_progress: Optional[Callable[[TrainEvent], 
             return TrainResult(Path(run), int(state["step"]), int(state["total_steps"]), cfg.epochs, True, math.nan,
                                ckpt)
     cfg = replace(cfg, out=str(run), max_steps=max_steps, **{k: v for k, v in control.items() if v is not None})
-    if cfg.stage == "lift":
-        from h36m.pipelines.train.lift import train_lift
-
-        return train_lift(resolve(cfg), state, on_progress)
     return _Trainer(resolve(cfg), state, on_progress).run()
 
 
 # ----- the training step ---------------------------------------------------------------------------------------
 
-def _stage_module(net, cfg: TrainConfig):
-    """An nn.Module whose forward is one stage's loss (so DDP sees every parameter used in the step)."""
-    import torch
+def _stage_module(net, stage):
+    """An nn.Module whose forward is the stage's loss (so DDP sees every parameter used in the step); only the
+    stage's trainable parts train, the others stay frozen in eval mode."""
     import torch.nn as nn
 
     class StageLoss(nn.Module):
-        """forward(images, view_mask, view_index, target2d, target3d) -> (loss, err2d, mpjpe_m); see the module
-        doc."""
+        """forward(*stage inputs) -> (loss, err2d, mpjpe_m); see train.stages."""
 
         def __init__(self):
             super().__init__()
             self.net = net
-            trainable = {"2d": ("spatial", "relations", "head"),
-                         "joint": ("spatial", "relations", "head", "lifter")}[cfg.stage]
-            self.frozen = [m for name, m in net.named_children() if name not in trainable]
+            self.frozen = [m for name, m in net.named_children() if name not in stage.trainable]
             for name, m in net.named_children():
-                m.requires_grad_(name in trainable)
+                m.requires_grad_(name in stage.trainable)
 
         def train(self, mode: bool = True):
             super().train(mode)
@@ -148,20 +137,8 @@ def _stage_module(net, cfg: TrainConfig):
                 m.eval()
             return self
 
-        def forward(self, images, view_mask, view_index, target2d, target3d):
-            nan = target2d.new_tensor(math.nan)
-            out = self.net(images, view_mask, view_index)
-            err2d = joint_distance(out.joints2d, target2d, view_mask)
-            loss2d = err2d
-            if out.log_scale2d is not None:
-                if cfg.confidence_loss == "rle":
-                    loss2d = laplace_nll(out.joints2d, out.log_scale2d, target2d, view_mask)
-                else:
-                    loss2d = err2d + laplace_nll(out.joints2d.detach(), out.log_scale2d, target2d, view_mask)
-            if cfg.stage == "2d":
-                return loss2d, err2d.detach(), nan
-            m = mpjpe_m(out.joints3d[view_mask], target3d[view_mask])
-            return loss2d + cfg.loss3d_weight * m, err2d.detach(), m.detach()
+        def forward(self, *inputs):
+            return stage.loss(self.net, *inputs)
 
     return StageLoss()
 
@@ -190,13 +167,28 @@ def _param_groups(net, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _load_init(net, init: dict, mcfg) -> None:
+    """The weights of an init checkpoint: all of them, or all but the lifter's where the run's lifter has another
+    shape than the init's (e.g. a lift run with its own lifter started from a 2d run)."""
+    from h36m.model import ModelConfig
+
+    same = ModelConfig.from_dict(init["config"]["model"]).lifter == mcfg.lifter
+    net.load_state_dict({k: v for k, v in init["model"].items() if same or not k.startswith("lifter.")}, strict=same)
+
+
 # ----- the loop -------------------------------------------------------------------------------------------------
 
 class _Trainer:
+    """The one training loop: config writing, checkpoints, resume, cadence, signals, logging and the non-finite
+    guard, for every stage plug-in (train.stages)."""
+
     def __init__(self, cfg: TrainConfig, state: dict | None, on_progress):
+        from h36m.pipelines.train.stages import make_stage
+
         self.cfg, self.state = cfg, state
         self.run_dir = Path(cfg.out)
         self.on_progress = on_progress
+        self.stage = make_stage(cfg)
 
     def emit(self, event: TrainEvent) -> None:
         if self.rank == 0 and self.on_progress is not None:
@@ -216,7 +208,7 @@ class _Trainer:
     def _run(self, torch) -> TrainResult:
         from h36m.model import ModelConfig, build_model
 
-        cfg, dev = self.cfg, self.device
+        cfg, dev, stage = self.cfg, self.device, self.stage
         torch.manual_seed(cfg.seed + self.rank)
         np.random.seed(cfg.seed + self.rank)
         if dev.type == "cuda" and cfg.tf32:
@@ -233,33 +225,33 @@ class _Trainer:
         pretrained = self._load_pretrained(net) if self.state is None else []     # its errors name their file
         if init is not None:
             with _hostile(source):
-                net.load_state_dict(init["model"])
+                _load_init(net, init, mcfg)
         net.to(dev)
-        stage = _stage_module(net, cfg).to(dev)
+        module = _stage_module(net, stage).to(dev)
         opt = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
 
-        pin = dev.type == "cuda"
-        loader = self._loader(0, pin)
-        steps_per_epoch = len(loader) // cfg.grad_accum
+        stats = PoseStats()
+        if self.state is not None:
+            with _hostile(source):
+                stats = PoseStats.from_state(self.state.get("stats"))
+        micro_batches = stage.prepare(net, self.rank, self.world, dev, stats)
+        steps_per_epoch = micro_batches // cfg.grad_accum
         if steps_per_epoch < 1:
-            raise H36MError(cfg.urls()[0], f"{len(loader)} batches of {cfg.batch_size} clips per rank: fewer than "
-                                           f"grad_accum={cfg.grad_accum} (need more data or a smaller batch)")
+            raise H36MError(stage.source, f"{micro_batches} batches of {cfg.batch_size} per rank: fewer than "
+                                          f"grad_accum={cfg.grad_accum} (need more data or a smaller batch)")
         total = cfg.epochs * steps_per_epoch
-        warm = int(round(cfg.warmup_epochs * steps_per_epoch))
-        from h36m.pipelines.train.schedule import make_scheduler
-
-        sched = make_scheduler(opt, total, warm, cfg.min_lr_ratio)
-        step, stats = 0, PoseStats()
+        sched = stage.scheduler(opt, total, steps_per_epoch)
+        step = 0
         if self.state is not None:
             s = self.state
             with _hostile(source):
                 if s["steps_per_epoch"] != steps_per_epoch:
-                    raise H36MError(cfg.urls()[0], f"the shards now give {steps_per_epoch} steps per epoch, the run "
-                                                   f"was started with {s['steps_per_epoch']}: not the same data")
+                    raise H36MError(stage.source, f"now gives {steps_per_epoch} steps per epoch, the run was "
+                                                  f"started with {s['steps_per_epoch']}: not the same data")
                 net.load_state_dict(s["model"])
                 opt.load_state_dict(s["optimizer"])
                 sched.load_state_dict(s["scheduler"])
-                step, stats = int(s["step"]), PoseStats.from_state(s.get("stats"))
+                step = int(s["step"])
                 if self.rank == 0:
                     set_rng_state(s["rng"])
                 else:
@@ -270,11 +262,10 @@ class _Trainer:
             write_atomic(self.run_dir / "config.json",
                         json.dumps({"train": to_dict(cfg), "model": mcfg.to_dict()}, indent=2) + "\n")
 
-        module = stage
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            module = DistributedDataParallel(stage, device_ids=[dev.index] if dev.type == "cuda" else None,
+            module = DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None,
                                              find_unused_parameters=False)
         if cfg.compile:
             module = torch.compile(module)
@@ -283,21 +274,23 @@ class _Trainer:
         self.net, self.opt, self.sched, self.mcfg = net, opt, sched, mcfg
         self.steps_per_epoch, self.total = steps_per_epoch, total
         self.stats = stats
+        self.saved = step if self.state is not None else None
         log = _RunLog(self.run_dir, self.rank, self.world, step)
         for line in pretrained:
             self.emit(TrainEvent("note", step, total, step // steps_per_epoch, cfg.epochs, message=line))
+        what = stage.describe_start()
         self.emit(TrainEvent("start", step, total, step // steps_per_epoch, cfg.epochs,
                              lr=sched.get_last_lr()[0],
-                             message=f"{cfg.stage} stage, {self.world} process(es) on {dev.type}, "
-                                     f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs"))
+                             message=f"{cfg.stage} stage, {self.world} process(es) on {dev.type}"
+                                     + (f": {what}" if what else "") +
+                                     f", {steps_per_epoch} steps/epoch x {cfg.epochs} epochs"))
         last_loss = math.nan
         self.step = step
         previous = _catch_signals(self)
         try:
             while self.step < total:
                 epoch = self.step // steps_per_epoch
-                loader.set_epoch(epoch)        # one loader for the run: its workers and buffers persist
-                last_loss, stopped = self._epoch(torch, module, loader, epoch, log)
+                last_loss, stopped = self._epoch(torch, module, epoch, log)
                 if stopped:
                     break
         except KeyboardInterrupt:
@@ -309,7 +302,7 @@ class _Trainer:
         finally:
             log.close()
             _restore_signals(previous)
-            del loader                          # its worker processes end with it
+            stage.close()
         done = self.step >= total
         if self.rank == 0:
             self._save(done)
@@ -335,45 +328,35 @@ class _Trainer:
                          f"loaded, {len(unused)} checkpoint tensors unused ({_some(unused)})")
         return lines
 
-    def _loader(self, epoch: int, pin: bool):
-        from h36m.pipelines.loader.loader import LoaderConfig, make_loader
-
-        cfg = self.cfg
-        return make_loader(LoaderConfig(urls=cfg.urls(), batch_size=cfg.batch_size, workers=cfg.workers,
-                                        shuffle=cfg.shuffle, augment=cfg.augment and cfg.stage == "2d",
-                                        seed=cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world,
-                                        equal_batches=True, pin_memory=pin))
-
-    def _epoch(self, torch, module, loader, epoch: int, log) -> tuple[float, bool]:
-        cfg, dev = self.cfg, self.device
+    def _epoch(self, torch, module, epoch: int, log) -> tuple[float, bool]:
+        cfg, dev, stage = self.cfg, self.device, self.stage
         first = self.step - epoch * self.steps_per_epoch
-        it = iter(loader)
-        for _ in range(first * cfg.grad_accum):         # resume: the batches this epoch already used
-            next(it)
+        it = stage.epoch(epoch, first * cfg.grad_accum)     # resume: the batches this epoch already used left out
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if (dev.type == "cuda" and cfg.amp) \
             else contextlib.nullcontext()
         loss = math.nan
-        epoch_start, epoch_images = time.perf_counter(), 0
+        epoch_start, epoch_samples = time.perf_counter(), 0
         for _ in range(first, self.steps_per_epoch):
             t0 = time.perf_counter()
             wait = 0.0
-            images_seen = 0
-            sums = torch.zeros(4, dtype=torch.float64)
+            samples = 0
+            sums = torch.zeros(5, dtype=torch.float64)
             self.opt.zero_grad(set_to_none=True)
+            batches = []
             for micro in range(cfg.grad_accum):
                 t = time.perf_counter()
                 try:
                     batch = next(it)
                 except StopIteration:
-                    raise H36MError(cfg.urls()[0], f"the loader ended after fewer batches than its length "
-                                                   f"({len(loader)})") from None
+                    raise H36MError(stage.source, "the data ended after fewer batches than an epoch holds") from None
                 except RuntimeError:
                     if self.stop_requested:     # Ctrl-C also reached the loader's workers: stop before this step
                         raise KeyboardInterrupt from None
                     raise
                 wait += time.perf_counter() - t
-                inputs = self._inputs(torch, batch, micro)
-                images_seen += int(inputs[1].sum()) * inputs[3].shape[2]
+                batches.append(batch)
+                inputs = stage.inputs(batch, self.step, epoch, micro)
+                samples += stage.count(inputs)
                 sync = module.no_sync() if self.world > 1 and micro < cfg.grad_accum - 1 \
                     else contextlib.nullcontext()
                 with sync:
@@ -382,6 +365,16 @@ class _Trainer:
                     (loss_t / cfg.grad_accum).backward()
                 sums[:3] += torch.stack([loss_t.detach().double().cpu(), err2d.double().cpu(),
                                          mpjpe.double().cpu()]) / cfg.grad_accum
+            sums[3] = float(self.stop_requested)
+            sums[4] = float(not math.isfinite(float(sums[0])) or not _finite_gradients(self.net))
+            if self.world > 1:   # a CPU tensor: gloo (also beside NCCL, see _distributed); every rank learns of a stop
+                local_loss = float(sums[0])
+                torch.distributed.all_reduce(sums)
+                sums[:3] /= self.world
+            else:
+                local_loss = float(sums[0])
+            if sums[4] > 0:      # every rank stops here, before the weights change: the last checkpoint stays good
+                self._non_finite(float(sums[0]), batches)
             if cfg.clip_grad > 0:     # the confidence branch on its own: its gradient never shrinks the joints'
                 for group in _clip_groups(self.net):
                     torch.nn.utils.clip_grad_norm_(group, cfg.clip_grad)
@@ -389,18 +382,12 @@ class _Trainer:
             self.opt.step()
             self.sched.step()
             self.step += 1
-            local_loss = float(sums[0])
-            sums[3] = float(self.stop_requested)
-            if self.world > 1:   # a CPU tensor: gloo (also beside NCCL, see _distributed); every rank learns of a stop
-                torch.distributed.all_reduce(sums)
-                sums[:3] /= self.world
             dt = time.perf_counter() - t0
-            epoch_images += images_seen * self.world
-            crop = self._crop
+            epoch_samples += samples * self.world
             loss = float(sums[0])
             ev = TrainEvent("step", self.step, self.total, epoch, cfg.epochs, loss=loss, lr=lr,
-                            images_per_s=images_seen * self.world / max(dt, 1e-9), data_wait=wait / max(dt, 1e-9),
-                            err2d_px=float(sums[1]) * crop, mpjpe_mm=float(sums[2]) * 1000.0)
+                            images_per_s=samples * self.world / max(dt, 1e-9), data_wait=wait / max(dt, 1e-9),
+                            err2d_px=float(sums[1]) * stage.crop, mpjpe_mm=float(sums[2]) * 1000.0)
             if self.step % max(cfg.log_every, 1) == 0 or self.step == self.total:
                 checksum = math.nan if self.world == 1 else float(
                     sum(p.detach().double().sum() for p in self.net.parameters() if p.requires_grad))
@@ -414,7 +401,7 @@ class _Trainer:
                 self.emit(TrainEvent("checkpoint", self.step, self.total, epoch, cfg.epochs, loss=loss, lr=lr))
             if end_of_epoch:
                 wall = time.perf_counter() - epoch_start
-                log.epoch(epoch + 1, self.step, wall, epoch_images / max(wall, 1e-9), whole=first == 0)
+                log.epoch(epoch + 1, self.step, wall, epoch_samples / max(wall, 1e-9), whole=first == 0)
                 self.emit(TrainEvent("epoch", self.step, self.total, epoch + 1, cfg.epochs, loss=loss, lr=lr))
             if sums[3] > 0:
                 del it
@@ -425,32 +412,13 @@ class _Trainer:
         del it
         return loss, False
 
-    def _inputs(self, torch, batch, micro: int):
-        """A batch -> (images, view_mask, view_index, target2d, target3d) on the device (2d stage: crops and their
-        2-D targets moved by the random crop transform); updates the pose stats."""
-        from h36m.model import normalise_images
-        from h36m.pipelines.loader.loader import batch_crop_size
-        from h36m.pipelines.train.augment import AFFINE, augment_views
-
-        cfg, dev = self.cfg, self.device
-        nb = dev.type == "cuda"
-        crop = batch_crop_size(batch)
-        self._crop = crop
-        view_mask = batch["view_mask"].to(dev, non_blocking=nb).bool()
-        pose2d = batch["pose2d"].to(dev, non_blocking=nb).float() / crop
-        cam = batch["pose3d_cam"].to(dev, non_blocking=nb).float()
-        target3d = cam - cam[..., :1, :]
-        images = normalise_images(batch["images"].to(dev, non_blocking=nb), self.mcfg.spatial)
-        view_index = batch["view_index"].to(dev, non_blocking=nb)
-        affine = AFFINE[cfg.affine] if cfg.augment and cfg.stage == "2d" else None
-        if affine is not None:
-            seed = int(np.random.SeedSequence([cfg.seed, self.rank, self.step, micro]).generate_state(1)[0])
-            images, pose2d = augment_views(images, pose2d, affine, torch.Generator().manual_seed(seed))
-        if self.rank == 0:
-            m = batch["view_mask"].numpy().astype(bool)
-            self.stats.update(batch["pose2d"].numpy()[m] / crop, (batch["pose3d_cam"].numpy()
-                                                                  - batch["pose3d_cam"].numpy()[..., :1, :])[m])
-        return images, view_mask, view_index, pose2d, target3d
+    def _non_finite(self, loss: float, batches: list) -> None:
+        """Stop the run with one line naming the step and its input; the weights and the checkpoint stay as they
+        were (the optimiser has not stepped)."""
+        kept = f"the checkpoint of step {self.saved} kept" if self.saved is not None else "no checkpoint written"
+        what = "; ".join(self.stage.describe(b) for b in batches)
+        raise H36MError(self.stage.source, f"step {self.step + 1}: the loss ({loss:g}) or its gradient is not "
+                                           f"finite, on {what}; training stopped, {kept}")
 
     def _save(self, done: bool) -> None:
         cfg = self.cfg
@@ -462,6 +430,15 @@ class _Trainer:
             "world_size": self.world,
             "config": {"train": to_dict(cfg), "model": self.mcfg.to_dict()},
         })
+        self.saved = self.step
+
+
+def _finite_gradients(net) -> bool:
+    """True when every trainable parameter's gradient (where it has one) is finite."""
+    import torch
+
+    grads = [p.grad for p in net.parameters() if p.requires_grad and p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def _some(names: list[str], n: int = 3) -> str:
@@ -519,13 +496,10 @@ def _distributed(device: str):
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    dev = torch_device(device)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
-        dev = torch.device("cuda", local if device in ("auto", "cuda") else torch.device(device).index or 0)
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
     if world > 1 and not torch.distributed.is_initialized():
         # gloo for everything on CPU; on GPUs NCCL for the gradients (the logging all_reduce moves CPU tensors,
         # which gloo handles: "cuda:nccl,cpu:gloo")

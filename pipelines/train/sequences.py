@@ -3,9 +3,12 @@ held in memory, and the window / flip / normalisation math of PoseFormer's (Vide
 
     seqs = load_sequences("EXTRACTED", ("S1", "S5"), keypoints="gt")        # or keypoints="pred.npz"
 
-2-D inputs: the extracted dataset's full-frame ground truth (`gt`), or a VideoPose3D-format 2-D file
-(positions_2d[subject][action][camera index], h36m_tools.npz) cut to the sequence's frames; the lifter sees them
-screen-normalised (`normalize_screen`). 3-D targets: root-relative camera coordinates, mm.
+2-D inputs, in each camera's nominal pixel frame (h36m_tools.cameras.nominal_frame: 1000x1002 / 1000x1000 for H36M,
+whatever the video's size): the extracted dataset's full-frame ground truth (`gt`, scaled from the video's pixels), or
+a VideoPose3D-format 2-D file (positions_2d[subject][action][camera index], h36m_tools.npz; nominal pixels, as every
+such file this project writes) cut to the sequence's frames; the lifter sees them screen-normalised
+(h36m_tools.cameras.normalize_screen of the nominal frame), as in every stage. 3-D targets: root-relative camera
+coordinates, mm.
 Windows: a window of `rf` frames centred on every frame, the sequence padded only at its two ends by repeating its
 first / last frame (VideoPose3D's ChunkedGenerator, pad = rf // 2, 'edge' mode).
 """
@@ -17,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from h36m.h36m_tools.cameras import nominal_frame, normalize_screen
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.skeleton import FLIP17
+from h36m.h36m_tools.names import sequence_key
+from h36m.h36m_tools.skeleton import flip_joints
 
 
 @dataclass
@@ -28,35 +33,16 @@ class ViewSequence:
     sequence: str               # raw name, 'Directions 1'
     action: str                 # canonical action
     camera: str                 # camera id
-    width: int                  # frame size the 2-D joints are measured in, px
+    width: int                  # the camera's nominal frame, px (the frame pose2d is measured in)
     height: int
     frames: np.ndarray          # (N,) source frame indices
-    pose2d: np.ndarray          # (N, 17, 2) full-frame px: the lifter's inputs
+    pose2d: np.ndarray          # (N, 17, 2) nominal-frame px: the lifter's inputs
     pose3d: np.ndarray          # (N, 17, 3) root-relative camera mm: the targets
     crop01: np.ndarray          # (N, 17, 2) ground-truth joints in crop units [0, 1] (mean-pose baseline stats)
 
     @property
     def key(self) -> str:
-        return f"{self.subject}/{self.sequence.replace(' ', '_')}/{self.camera}"
-
-
-def normalize_screen(px: np.ndarray, width: float, height: float) -> np.ndarray:
-    """(..., 2) pixels -> VideoPose3D's screen coordinates: x / w * 2 - [1, h / w] (x in [-1, 1], aspect kept)."""
-    return px / width * 2.0 - np.array([1.0, height / width])
-
-
-def flip_2d(x: np.ndarray) -> np.ndarray:
-    """Horizontal flip of screen-normalised (..., 17, 2) joints: x -> -x, left and right joints swapped."""
-    out = x[..., FLIP17, :].copy()
-    out[..., 0] *= -1
-    return out
-
-
-def flip_3d(x: np.ndarray) -> np.ndarray:
-    """The matching flip of camera-frame (..., 17, 3) joints: X -> -X, left and right joints swapped."""
-    out = x[..., FLIP17, :].copy()
-    out[..., 0] *= -1
-    return out
+        return f"{sequence_key(self.subject, self.sequence)}/{self.camera}"
 
 
 def pad_edges(x: np.ndarray, pad: int) -> np.ndarray:
@@ -97,7 +83,8 @@ def load_sequences(extracted: str | os.PathLike, subjects, keypoints: str = "gt"
     for meta, a in extracted_sequences(extracted, subjects):
         for v, cam in enumerate(meta.cameras):
             p = meta.camera_params[v]
-            pose2d = a.pose2d[:, v].astype(np.float64)
+            scale, width, height = nominal_frame(cam, p["width"], p["height"])
+            pose2d = a.pose2d[:, v].astype(np.float64) * scale
             if kp is not None:
                 arr = camera_keypoints(kp, keypoints, meta.subject, meta.sequence, cam, a.frame)
                 if arr is None:
@@ -105,8 +92,8 @@ def load_sequences(extracted: str | os.PathLike, subjects, keypoints: str = "gt"
                     continue
                 pose2d = arr[a.frame]
             cam3d = a.pose3d_cam[:, v].astype(np.float64)
-            out.append(ViewSequence(meta.subject, meta.sequence, meta.action, cam, int(p["width"]),
-                                    int(p["height"]), a.frame.astype(np.int64), pose2d, cam3d - cam3d[:, :1],
+            out.append(ViewSequence(meta.subject, meta.sequence, meta.action, cam, width, height,
+                                    a.frame.astype(np.int64), pose2d, cam3d - cam3d[:, :1],
                                     a.pose2d_crop[:, v].astype(np.float64) / meta.crop_size))
     if not out:
         raise H36MError(keypoints if missing else extracted, f"no sequences of {', '.join(subjects)}")
@@ -132,9 +119,15 @@ class WindowBank:
             starts.append(offset + np.arange(len(s.pose2d)))
             offset += len(s.pose2d) + 2 * pad
         self.starts = np.concatenate(starts)          # window i covers rows starts[i] .. starts[i] + rf - 1
+        self.keys = [s.key for s in seqs]
+        self.first = np.cumsum([0] + [len(s.pose2d) for s in seqs])[:-1]     # the first window of each sequence
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def key_of(self, i: int) -> str:
+        """The key of the sequence window i belongs to."""
+        return self.keys[int(np.searchsorted(self.first, i, side="right")) - 1]
 
     def batch(self, idx: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Windows `idx`, those with flip True mirrored: (B, rf, 17, 2) inputs, (B, rf or 1, 17, 3) targets mm."""
@@ -142,7 +135,7 @@ class WindowBank:
         x = self.x[rows]
         y = self.y[rows] if self.seq2seq else self.y[rows[:, self.rf // 2]][:, None]
         if flip.any():
-            x[flip], y[flip] = flip_2d(x[flip]), flip_3d(y[flip])
+            x[flip], y[flip] = flip_joints(x[flip]), flip_joints(y[flip])
         return x, y
 
 
@@ -166,5 +159,5 @@ def lift_sequence(lifter, x: np.ndarray, flip: bool = True, chunk: int = 2048) -
     with torch.no_grad():
         out = run(x).astype(np.float64)
         if flip:
-            out = (out + flip_3d(run(flip_2d(x)).astype(np.float64))) / 2
+            out = (out + flip_joints(run(flip_joints(x)).astype(np.float64))) / 2
     return out
