@@ -429,17 +429,54 @@ def verify(shards, no_decode, workers):
 
 
 @main.command()
-@click.argument("shard_file", metavar="SHARD", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--key", default=None, help="Sample key, e.g. S1/Directions_1/000128 [default: the first].")
-@click.option("--out", default="clip.png", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--max-frames", default=8, show_default=True, type=click.IntRange(1), help="Columns.")
-def show(shard_file, key, out, max_frames):
-    """Draw one clip of SHARD as a PNG grid of views x frames with the skeleton (left blue, right red)."""
-    from h36m.pipelines.shards.show import ShowConfig, show as run_show
+@click.argument("shard_file", metavar="[SHARD]", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", default=None, help="SHARD: sample key, e.g. S1/Directions_1/000128 [default: the first].")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="SHARD: the PNG [default: clip.png]; --run / --pred: a .gif or .mp4 [default: <sequence>.gif].")
+@click.option("--max-frames", default=None, type=click.IntRange(0),
+              help="SHARD: columns [default: 8]; --run / --pred: frames, 0 for all [default: 0].")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="A lift or joint run: its lifter's 3-D.")
+@click.option("--pred", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Predictions to draw: a VideoPose3D 2-D file (h36m predict, import-2d) and / or a 3-D file "
+                   "(h36m triangulate's, or VideoPose3D's positions_3d); may be repeated.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="--run / --pred: the extracted dataset [default: the run's].")
+@click.option("--sequence", help="--run / --pred: e.g. S9/Walking_1 [default: the first test sequence].")
+@click.option("--camera", help="--run / --pred: the camera of the 3-D panels [default: the sequence's first].")
+@click.option("--keypoints", default="gt", show_default=True, help="--run: the lifter's 2-D, gt or a 2-D file.")
+@click.option("--fps", default=25.0, show_default=True, type=click.FloatRange(1, 100))
+@click.option("--still", type=click.IntRange(0), help="--run / --pred: also write this frame as a PNG beside --out.")
+def show(shard_file, key, out, max_frames, run_dir, pred, data, sequence, camera, keypoints, fps, still):
+    """Draw one clip of SHARD as a PNG grid of views x frames with the skeleton (left blue, right red); or, with
+    --run / --pred, render one sequence as an animated GIF or MP4: the four crops with true (green) and predicted 2-D,
+    the true and predicted 3-D skeletons side by side in a fixed view, the frame counter and per-frame MPJPE."""
+    if run_dir is None and not pred:
+        if shard_file is None:
+            raise click.UsageError("give SHARD, or --run RUN / --pred FILE")
+        from h36m.pipelines.shards.show import ShowConfig, show as run_show
 
-    path, clip = run_show(ShowConfig(shard_file, out, key, max_frames))
-    _console().print(f"{clip.key}: {clip.views} views x {clip.frames} frames -> {path}", markup=False)
+        path, clip = run_show(ShowConfig(shard_file, out or Path("clip.png"), key,
+                                         8 if max_frames is None else max(1, max_frames)))
+        _console().print(f"{clip.key}: {clip.views} views x {clip.frames} frames -> {path}", markup=False)
+        return
+    if shard_file is not None or key is not None:
+        raise click.UsageError("SHARD and --key draw shard clips; --run / --pred draw a sequence of --data")
+    from h36m.pipelines.evaluate.sequence_video import SequenceVideoConfig, write_sequence_video
 
+    console = _console()
+    out = out or Path(f"{(sequence or 'sequence').replace('/', '_')}.gif")
+    cfg = SequenceVideoConfig(out=out, data=None if data is None else str(data),
+                              run=None if run_dir is None else str(run_dir), pred=tuple(str(p) for p in pred),
+                              sequence=sequence, camera=camera, keypoints=keypoints, max_frames=max_frames or 0,
+                              fps=fps, still=still)
+    progress, on_progress = _late_progress(console, "frames")
+    try:
+        res = write_sequence_video(cfg, on_progress=on_progress)
+    finally:
+        progress.stop()
+    err = f", mean per-frame MPJPE {res.mpjpe:.1f} mm" if res.mpjpe == res.mpjpe else ""
+    console.print(f"{_lit(res.key)}: {res.frames} frames{err} -> {_lit(res.out)}"
+                  + (f", frame {still} -> {_lit(res.still)}" if res.still else ""), soft_wrap=True)
 
 
 # ----- train, evaluate, demo ----------------------------------------------------------------------------------
@@ -738,22 +775,79 @@ def triangulate(predictions, data, out, subjects, method, weighted):
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @subjects_option(None, "Comma-separated subjects [default: all in SRC].")
-def export(src, out, subjects):
+@click.option("--format", "fmt", type=click.Choice(["videopose3d", "motionbert"]), default="videopose3d",
+              show_default=True, help="videopose3d: data_3d_h36m.npz and data_2d_h36m_gt.npz; motionbert: the "
+                                      "h36m_sh_conf_cam_source_final.pkl of MotionBERT's DataReaderH36M.")
+@click.option("--keypoints", type=click.Path(dir_okay=False, path_type=Path),
+              help="motionbert: the 2-D inputs and confidences from this VideoPose3D 2-D file (nominal pixels) "
+                   "instead of the ground truth's projection.")
+def export(src, out, subjects, fmt, keypoints):
     """Write VideoPose3D's data_3d_h36m.npz (world metres) and data_2d_h36m_gt.npz (px) into OUT from a raw release
-    or an extracted dataset SRC, named and ordered as VideoPose3D's prepare_data_h36m.py writes them
-    (docs/interchange.md)."""
+    or an extracted dataset SRC, named and ordered as VideoPose3D's prepare_data_h36m.py writes them; or, with
+    --format motionbert, the pickle MotionBERT's DataReaderH36M reads (docs/interchange.md)."""
     from h36m.h36m_tools.names import parse_subjects
-    from h36m.pipelines.interchange.export import ExportConfig, export as run_export
 
     console = _console()
-    with _progress(console) as progress:
-        task = progress.add_task("sequences", total=None)
-        res = run_export(ExportConfig(src=src, out=out, subjects=parse_subjects(subjects) if subjects else None),
-                         on_progress=lambda key: progress.advance(task))
+    subjects = parse_subjects(subjects) if subjects else None
+    if fmt == "videopose3d" and keypoints is not None:
+        raise click.UsageError("--keypoints applies to --format motionbert only")
+    progress, on_progress = _late_progress(console, "sequences")
+    done = [0]
+
+    def advance(key):
+        done[0] += 1
+        on_progress(done[0], None)
+
+    try:
+        if fmt == "motionbert":
+            from h36m.pipelines.interchange.motionbert import MotionBertConfig, export_motionbert
+
+            res = export_motionbert(MotionBertConfig(src=src, out=out, subjects=subjects,
+                                                     keypoints=None if keypoints is None else str(keypoints)),
+                                    on_progress=advance)
+        else:
+            from h36m.pipelines.interchange.export import ExportConfig, export as run_export
+
+            res = run_export(ExportConfig(src=src, out=out, subjects=subjects), on_progress=advance)
+    finally:
+        progress.stop()
     for key, why in res.skipped.items():
         _echo(f"left out {key}: {why}")
-    console.print(f"[green]done[/]: {res.sequences} sequences, {res.frames} frames from the {res.source} "
-                  f"-> {', '.join(_lit(f) for f in res.files)}", soft_wrap=True)
+    if fmt == "motionbert":
+        console.print(f"[green]done[/]: {res.sequences} sequences from the {res.source}, {res.rows['train']} train "
+                      f"and {res.rows['test']} test camera frames -> {_lit(res.file)}", soft_wrap=True)
+    else:
+        console.print(f"[green]done[/]: {res.sequences} sequences, {res.frames} frames from the {res.source} "
+                      f"-> {', '.join(_lit(f) for f in res.files)}", soft_wrap=True)
+
+
+@main.command("import-2d")
+@click.argument("results", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .npz to write.")
+@click.option("--images", type=click.Path(dir_okay=False, path_type=Path),
+              help="A COCO annotation file whose 'images' name the results' image ids (e.g. mmpose's H36M json).")
+@click.option("--layout", type=click.Choice(["h36m", "coco"]), default="h36m", show_default=True,
+              help="The detector's 17 joints: h36m (mmpose's H36M-17) or coco (COCO-17, with --derive only).")
+@click.option("--derive", is_flag=True, help="coco: derive the hip centre, spine, thorax, neck/nose and head, which "
+                                             "COCO-17 lacks, from the hips, shoulders, nose and eyes.")
+def import_2d(results, out, images, layout, derive):
+    """Turn a COCO-style keypoint results file RESULTS (mmpose's, or any detector's) into a VideoPose3D 2-D file with
+    confidence_2d, in each camera's nominal pixel frame, matched by image names such as
+    S1_Directions_1.54138969_000001.jpg (subject, sequence, camera, frame + 1); for h36m train --keypoints,
+    evaluate --keypoints, triangulate and export --format motionbert (docs/interchange.md)."""
+    from h36m.pipelines.interchange.coco import Import2DConfig, import_2d as run_import
+
+    console = _console()
+    res = run_import(Import2DConfig(results=results, out=out, images=images, layout=layout, derive=derive))
+    for why, names in res.unmatched.items():
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        _echo(f"unmatched: {len(names)} detections, {why}: {shown}")
+    for key, why in res.skipped.items():
+        _echo(f"left out {key}: {why}")
+    console.print(f"[green]done[/]: {res.used} of {res.detections} detections ({res.duplicates} duplicates, "
+                  f"{res.unmatched_count} unmatched) -> {res.sequences} sequences x 4 cameras, {res.filled} "
+                  f"camera frames without a detection interpolated (confidence 0) -> {_lit(res.out)}",
+                  soft_wrap=True)
 
 
 @main.command()

@@ -86,15 +86,21 @@ def decode_to_null(path: str | Path, threads: int = 1) -> None:
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], width: int, height: int, fps: int = 50,
                 crf: int = 23, threads: int = 1) -> int:
-    """Encode BGR uint8 (height, width, 3) frames as H.264 MP4 (yuv420p) at `fps`. Atomic; returns frames written."""
+    """Encode BGR uint8 (height, width, 3) frames as H.264 MP4 (yuv420p; even width and height) at `fps`, or, for a
+    path ending in `.gif`, as an animated GIF with a palette made for the clip. Atomic; returns frames written."""
     import ffmpeg
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    gif = path.suffix.lower() == ".gif"
+    tmp = path.with_name(f".{path.stem}.tmp{'.gif' if gif else '.mp4'}")
+    if gif:
+        out_args = {"vf": "split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse", "r": fps}
+    else:
+        out_args = {"vcodec": "libx264", "pix_fmt": "yuv420p", "crf": crf, "preset": "veryfast", "r": fps,
+                    "threads": threads, "x264-params": "log-level=error"}
     proc = (ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}", framerate=fps)
-            .output(str(tmp), vcodec="libx264", pix_fmt="yuv420p", crf=crf, preset="veryfast", r=fps,
-                    threads=threads, **{"x264-params": "log-level=error"})
+            .output(str(tmp), **out_args)
             .global_args("-hide_banner", "-loglevel", "error", "-nostdin")
             .overwrite_output()
             .run_async(cmd=ffmpeg_binary(), pipe_stdin=True, pipe_stderr=True))

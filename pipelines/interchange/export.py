@@ -32,7 +32,7 @@ import numpy as np
 
 from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.h36m_tools.errors import H36MError
-from h36m.pipelines.interchange.npzfile import VP3D_DROPPED, metadata_2d, vp3d_action, write_npz_files
+from h36m.pipelines.interchange.npzfile import loaded_sequences, metadata_2d, vp3d_action, write_npz_files
 
 FILE_3D = "data_3d_h36m.npz"
 FILE_2D = "data_2d_h36m_gt.npz"
@@ -66,18 +66,7 @@ def export(cfg: ExportConfig, on_progress: Optional[Callable[[str], None]] = Non
     pos3d: dict[str, dict] = {}
     pos2d: dict[str, dict] = {}
     skipped, frames = {}, 0
-    for key, subject, name, load in items:
-        if (subject, name) in VP3D_DROPPED:
-            skipped[key] = "left out as VideoPose3D does (corrupt video of camera 54138969)"
-            continue
-        try:
-            p3, p2 = load()
-        except H36MError as e:
-            skipped[key] = str(e)
-            continue
-        if p2 is None:
-            skipped[key] = "not all 4 cameras"
-            continue
+    for key, subject, name, (p3, p2) in loaded_sequences(items, skipped):
         action = vp3d_action(name)
         pos3d.setdefault(subject, {})[action] = p3.astype(np.float32)
         pos2d.setdefault(subject, {})[action] = [a.astype(np.float32) for a in p2]
@@ -94,7 +83,7 @@ def export(cfg: ExportConfig, on_progress: Optional[Callable[[str], None]] = Non
 
 def _from_release(root: Path, subjects):
     """(key, subject, raw name, loader) per sequence with a D3_Positions file; loader -> (3-D (N, 32, 3) m,
-    4 x (N, 17, 2) nominal px or None)."""
+    4 x (N, 17, 2) nominal px)."""
     from h36m.h36m_tools import cdf
     from h36m.h36m_tools.archives import exists, local_file
     from h36m.h36m_tools.cameras import bundled, nominal_frame, project, world_to_camera
@@ -156,7 +145,7 @@ def _from_extracted(root: Path, subjects):
         def load():
             meta, a = read_sequence(path, with_jpeg=False)
             if list(meta.cameras) != list(CAMERA_IDS):
-                return None, None
+                return None
             scales = [nominal_frame(c, p["width"], p["height"])[0] for c, p in zip(meta.cameras, meta.camera_params)]
             return to32(a.pose3d) / 1000.0, [a.pose2d[:, v] * scales[v] for v in range(len(CAMERA_IDS))]
         return load

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from h36m.h36m_tools.cameras import CAMERA_IDS
+from h36m.h36m_tools.errors import H36MError
 from h36m.pipelines.files import atomic_path
 
 #: What `metadata['pixel_frame']` says in every 2-D file this project writes: each camera's nominal frame.
@@ -52,3 +55,42 @@ def write_npz_files(files: dict) -> None:
         for path, members in files.items():
             with open(tmps[path], "wb") as fh:
                 np.savez_compressed(fh, **members)
+
+
+def loaded_sequences(items: Iterable[tuple[str, str, str, Callable]], skipped: dict[str, str]) -> Iterator[tuple]:
+    """(key, subject, raw name, load()) per sequence -> (key, subject, raw name, what load() returned) for each one
+    that is not VP3D_DROPPED, loads without an H36MError and has all 4 cameras (load() returns None otherwise); the
+    others are named in `skipped` with the reason."""
+    for key, subject, name, load in items:
+        if (subject, name) in VP3D_DROPPED:
+            skipped[key] = "left out as VideoPose3D does (corrupt video of camera 54138969)"
+            continue
+        try:
+            value = load()
+        except H36MError as e:
+            skipped[key] = str(e)
+            continue
+        if value is None:
+            skipped[key] = "not all 4 cameras"
+            continue
+        yield key, subject, name, value
+
+
+def camera_keypoints(kp: dict, path, subject: str, sequence: str, camera: str, frames: np.ndarray
+                     ) -> np.ndarray | None:
+    """One camera's 2-D joints of a sequence in a VideoPose3D 2-D file: kp = its positions_2d (h36m_tools.npz), path
+    = the file (for errors) -> the whole (M, 17, 2) float64 array of nominal-frame px, M > frames.max(), or None when
+    the file lacks that camera of that sequence. Raises H36MError naming the file on another joint count or fewer
+    frames."""
+    action = vp3d_action(sequence)
+    cams = kp.get(subject, {}).get(action)
+    idx = CAMERA_IDS.index(camera) if camera in CAMERA_IDS else -1
+    if cams is None or not 0 <= idx < len(cams):
+        return None
+    arr = np.asarray(cams[idx], np.float64)[..., :2]
+    if arr.shape[1] != 17:
+        raise H36MError(path, f"{subject} {action!r} camera {camera}: {arr.shape[1]} joints, expected 17")
+    if len(arr) <= int(frames.max()):
+        raise H36MError(path, f"{subject} {action!r} camera {camera}: {len(arr)} frames, the sequence has "
+                              f"{int(frames.max()) + 1}")
+    return arr

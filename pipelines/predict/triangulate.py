@@ -62,7 +62,8 @@ def load_views(extracted: str | os.PathLike, subjects=None, keypoints: str = "gt
     row), and the keys of the sequences the file lacks. Views a file lacks are left out of that sequence. Raises
     H36MError naming the file on a bad layout."""
     from h36m.h36m_tools.npz import keypoints_2d
-    from h36m.pipelines.train.sequences import camera_keypoints, extracted_sequences
+    from h36m.pipelines.interchange.npzfile import camera_keypoints
+    from h36m.pipelines.train.sequences import extracted_sequences
 
     pos = conf = None
     if keypoints != "gt":

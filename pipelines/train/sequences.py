@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from h36m.h36m_tools.cameras import CAMERA_IDS, nominal_frame, normalize_screen
+from h36m.h36m_tools.cameras import nominal_frame, normalize_screen
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import sequence_key
 from h36m.h36m_tools.skeleton import flip_joints
@@ -76,6 +76,7 @@ def load_sequences(extracted: str | os.PathLike, subjects, keypoints: str = "gt"
     ('gt' or a VideoPose3D 2-D .npz), and the keys of the views the keypoints file lacks (left out). Raises
     H36MError naming the file when the keypoints have fewer frames than a sequence or another joint count."""
     from h36m.h36m_tools.npz import positions_2d
+    from h36m.pipelines.interchange.npzfile import camera_keypoints
 
     kp = None if keypoints == "gt" else positions_2d(keypoints)[0]
     out, missing = [], []
@@ -97,28 +98,6 @@ def load_sequences(extracted: str | os.PathLike, subjects, keypoints: str = "gt"
     if not out:
         raise H36MError(keypoints if missing else extracted, f"no sequences of {', '.join(subjects)}")
     return out, missing
-
-
-def camera_keypoints(kp: dict, path, subject: str, sequence: str, camera: str, frames: np.ndarray
-                     ) -> np.ndarray | None:
-    """One camera's 2-D joints of a sequence in a VideoPose3D 2-D file: kp = its positions_2d (h36m_tools.npz), path
-    = the file (for errors) -> the whole (M, 17, 2) float64 array of nominal-frame px, M > frames.max(), or None when
-    the file lacks that camera of that sequence. Raises H36MError naming the file on another joint count or fewer
-    frames."""
-    from h36m.pipelines.interchange.npzfile import vp3d_action
-
-    action = vp3d_action(sequence)
-    cams = kp.get(subject, {}).get(action)
-    idx = CAMERA_IDS.index(camera) if camera in CAMERA_IDS else -1
-    if cams is None or not 0 <= idx < len(cams):
-        return None
-    arr = np.asarray(cams[idx], np.float64)[..., :2]
-    if arr.shape[1] != 17:
-        raise H36MError(path, f"{subject} {action!r} camera {camera}: {arr.shape[1]} joints, expected 17")
-    if len(arr) <= int(frames.max()):
-        raise H36MError(path, f"{subject} {action!r} camera {camera}: {len(arr)} frames, the sequence has "
-                              f"{int(frames.max()) + 1}")
-    return arr
 
 
 def inputs(seq: ViewSequence) -> np.ndarray:
