@@ -629,8 +629,11 @@ def _print_report(console, report):
 @workers_option(2, "Loader processes.", low=0)
 @device_option("auto")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
+@click.option("--clips", default=0, show_default=True, type=click.IntRange(0),
+              help="Table II: also one MP4 of this many frames per action (its first test sequence, h36m show --run), "
+                   "linked from results.md; 0: none.")
 def evaluate(run_dirs, shards, data, keypoints, flip, triangulate, out, exclude_damaged, every, batch_size, workers,
-             device, no_plots):
+             device, no_plots, clips):
     """Evaluate runs: each run is read once and gives the tables it can. A 2d or joint run, on test shards: Table I
     (2-D OKS AP/AR, PCK, MSE, time per epoch) and 3-D MPJPE, P-MPJPE, N-MPJPE, MPJVE per action, with a mean-pose
     baseline. A lift run, and a joint run given --data: Table II (MPJPE, P-MPJPE per action) on whole S9/S11
@@ -643,7 +646,8 @@ def evaluate(run_dirs, shards, data, keypoints, flip, triangulate, out, exclude_
     console = _console()
     several = len(run_dirs) > 1
     reports = [_evaluate_run(console, run, shards, data, keypoints, flip, None if several else out, exclude_damaged,
-                             every, batch_size, workers, device, no_plots, quiet=several, triangulate=triangulate)
+                             every, batch_size, workers, device, no_plots, quiet=several, triangulate=triangulate,
+                             clips=clips)
                for run in run_dirs]
     reports = [r for r in reports if r is not None]          # lift runs print their own Table II
     if len(reports) > 1:
@@ -653,7 +657,7 @@ def evaluate(run_dirs, shards, data, keypoints, flip, triangulate, out, exclude_
 
 
 def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_damaged, every, batch_size, workers,
-                  device, no_plots, quiet: bool, triangulate: bool | None = None):
+                  device, no_plots, quiet: bool, triangulate: bool | None = None, clips: int = 0):
     """One run's evaluation (evaluate.run) with its progress bars; prints its tables (the shard tables unless
     `quiet`; Table II always); returns the shard report of a 2d / joint run, else None."""
     from h36m.pipelines.evaluate.evaluate import default_out
@@ -687,7 +691,18 @@ def _evaluate_run(console, run_dir, shards, data, keypoints, flip, out, exclude_
             click.echo(f"note: {shards}: holds training subjects ({', '.join(trained)}); the test subjects are S9, "
                        f"S11", err=True)
     if result.table2 is not None:
-        write_lift_report(result.table2, folder / "table2" if report is not None else folder)
+        table2_folder = folder / "table2" if report is not None else folder
+        if clips:
+            from h36m.pipelines.evaluate.sequence_video import action_clips
+
+            bar, on_clip = _late_progress(console, "clips")
+            try:
+                made = action_clips(str(run_dir), result.table2.data, table2_folder / "clips", max_frames=clips,
+                                    on_progress=on_clip)
+            finally:
+                bar.stop()
+            result.table2.clips = {a: f"clips/{r.out.name}" for a, r in made.items()}
+        write_lift_report(result.table2, table2_folder)
         _print_lift_report(console, result.table2)
     return report
 

@@ -84,3 +84,20 @@ def test_show_refuses_in_one_line(extracted, tmp_path):
                                     "--out", str(tmp_path / "x.gif")])
     assert res.exit_code == 1 and "nothing to show" in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_evaluate_links_one_clip_per_action(runlift, train_data, tmp_path):
+    from h36m.pipelines.extract.dataset import list_sequences, read_meta
+
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(main, ["evaluate", "--run", str(runlift), "--data", str(train_data.extracted),
+                                    "--clips", "4", "--no-triangulate", "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    actions = {read_meta(p).action for p in list_sequences(train_data.extracted, ("S9", "S11"))}
+    md = (out / "results.md").read_text()
+    links = [line for line in md.splitlines() if line.startswith("- [") and "](clips/" in line]
+    assert sorted(line[3:line.index("]")] for line in links) == sorted(actions)
+    for line in links:
+        clip = out / line[line.index("(") + 1:-1]
+        info = probe(clip)
+        assert (info.width, info.height) == (WIDTH, HEIGHT) and len(list(iter_frames(clip, info))) == 4

@@ -325,6 +325,9 @@ def lift_to_markdown(r) -> str:
             cells = [_cell(row.actions[a]) for a in ACTIONS] + [_cell(row.avg), _cell(row.all_frames)]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    if r.clips:
+        lines += ["## One sequence per action (h36m show --run)", ""]
+        lines += [f"- [{action}]({path})" for action, path in r.clips.items()] + [""]
     return "\n".join(lines)
 
 

@@ -88,6 +88,7 @@ class LiftReport:
     triangulated: list[str] = field(default_factory=list)   # the triangulation rows' methods
     weighted: list[str] = field(default_factory=list)       # the sources whose confidences weighed the views
     fused: list[str] = field(default_factory=list)          # the lift-then-fuse rows' methods
+    clips: dict[str, str] = field(default_factory=dict)      # action -> its clip, relative to the report folder
 
     def row(self, method: str, metric: str) -> Row3D:
         return next(r for r in self.rows if r.method == method and r.metric == metric)
