@@ -289,7 +289,8 @@ def lift_settings_lines(r) -> list[str]:
         f"Keypoints evaluated: {sources}. Receptive field {r.receptive_field} "
         f"({'seq2seq' if r.seq2seq else 'centre frame'}), windows padded only at the sequence ends; "
         f"test-time flip averaging {'on' if r.flip else 'off'}.",
-        f"Damaged sequences ({', '.join(r.damaged)}): {r.damaged_policy}.",
+        f"Damaged sequences ({', '.join(r.damaged)}): {r.damaged_policy}. S11 Directions: left out, as VideoPose3D's "
+        "data and the published tables leave it out.",
         f"Frame sampling: {'every frame' if r.every == 1 else f'every {r.every}-th frame (index % {r.every} == 0)'}; "
         "counted frames per row: " + ", ".join(f"{m} {n}" for m, n in r.frames.items()) + ".",
         "Avg = unweighted mean of the action columns (published tables' convention); All = mean over all frames. "
