@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from .errors import H36MError
-from .processes import alive as _alive
+from .processes import remove_dead
 
 #: File names of the archives the discovery looks at.
 ARCHIVE_RE = re.compile(r"\.(tgz|tar\.gz|tar\.bz2|tbz2|tar\.xz|txz|tar)$", re.IGNORECASE)
@@ -317,10 +317,7 @@ def index_folder() -> Path:
     global _index_dir
     if _index_dir is None:
         tmp = Path(tempfile.gettempdir())
-        for old in tmp.glob(".h36m-index-*"):
-            pid = old.name.split("-")[2]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(old, ignore_errors=True)
+        remove_dead(tmp.glob(".h36m-index-*"), lambda old: old.name.split("-")[2])
         _index_dir = Path(tempfile.mkdtemp(prefix=f".h36m-index-{os.getpid()}-", dir=tmp))
         atexit.register(shutil.rmtree, _index_dir, True)
     return _index_dir
@@ -443,16 +440,8 @@ def local_file(ref: Path | Member, folder: str | Path | None = None) -> Iterator
 def remove_stale_copies(folder: str | Path | None = None) -> list[Path]:
     """Remove the member copies (`local_file`) in `folder` (the system's temporary folder by default) of processes
     that are gone (a killed run's leftovers); returns those removed."""
-    removed = []
-    for path in Path(folder or tempfile.gettempdir()).glob(f"{_COPY_PREFIX}*"):
-        pid = path.name[len(_COPY_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            try:
-                path.unlink()
-                removed.append(path)
-            except OSError:
-                pass
-    return removed
+    return remove_dead(Path(folder or tempfile.gettempdir()).glob(f"{_COPY_PREFIX}*"),
+                       lambda path: path.name[len(_COPY_PREFIX):].split("-", 1)[0])
 
 
 def name_member(e: H36MError, local: Path, ref: Path | Member) -> H36MError:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from h36m.h36m_tools.errors import H36MError
-from h36m.h36m_tools.processes import alive as _alive
+from h36m.h36m_tools.processes import remove_dead
 
 
 def temporary_name(path: Path) -> Path:
@@ -29,16 +29,7 @@ def temporary_name(path: Path) -> Path:
 def remove_stale_temporaries(folder: str | os.PathLike, pattern: str = "*") -> list[Path]:
     """Remove the temporary files (`temporary_name`) of `pattern`'s targets in `folder` whose process is gone (a
     killed run's leftovers; a live process's files are kept); returns those removed."""
-    removed = []
-    for tmp in Path(folder).glob(f".{pattern}.*.tmp"):
-        pid = tmp.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
-            try:
-                tmp.unlink()
-                removed.append(tmp)
-            except OSError:
-                pass
-    return removed
+    return remove_dead(Path(folder).glob(f".{pattern}.*.tmp"), lambda tmp: tmp.name.rsplit(".", 2)[-2])
 
 
 @contextmanager
