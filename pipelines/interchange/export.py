@@ -32,7 +32,7 @@ import numpy as np
 
 from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.h36m_tools.errors import H36MError
-from h36m.pipelines.interchange.npzfile import loaded_sequences, metadata_2d, vp3d_action, write_npz_files
+from h36m.pipelines.interchange.npzfile import extracted_items, loaded_sequences, metadata_2d, vp3d_action, write_npz_files
 
 FILE_3D = "data_3d_h36m.npz"
 FILE_2D = "data_2d_h36m_gt.npz"
@@ -139,19 +139,9 @@ def to32(joints17: np.ndarray) -> np.ndarray:
 
 def _from_extracted(root: Path, subjects):
     from h36m.h36m_tools.cameras import nominal_frame
-    from h36m.pipelines.extract.dataset import list_sequences, read_meta, read_sequence
 
-    def loader(path):
-        def load():
-            meta, a = read_sequence(path, with_jpeg=False)
-            if list(meta.cameras) != list(CAMERA_IDS):
-                return None
-            scales = [nominal_frame(c, p["width"], p["height"])[0] for c, p in zip(meta.cameras, meta.camera_params)]
-            return to32(a.pose3d) / 1000.0, [a.pose2d[:, v] * scales[v] for v in range(len(CAMERA_IDS))]
-        return load
+    def build(meta, a):
+        scales = [nominal_frame(c, p["width"], p["height"])[0] for c, p in zip(meta.cameras, meta.camera_params)]
+        return to32(a.pose3d) / 1000.0, [a.pose2d[:, v] * scales[v] for v in range(len(CAMERA_IDS))]
 
-    out = []
-    for path in list_sequences(root, subjects):
-        meta = read_meta(path)
-        out.append((meta.key, meta.subject, meta.sequence, loader(path)))
-    return out
+    return extracted_items(root, subjects, build)

@@ -36,7 +36,7 @@ from h36m.h36m_tools.cameras import CAMERA_IDS, Intrinsics, project
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import TEST_SUBJECTS, TRAIN_SUBJECTS, canonical_action, sequence_table, subject_order
 from h36m.pipelines.files import atomic_path
-from h36m.pipelines.interchange.npzfile import loaded_sequences
+from h36m.pipelines.interchange.npzfile import extracted_items, loaded_sequences
 
 FILE_MOTIONBERT = "h36m_sh_conf_cam_source_final.pkl"
 SPLITS = {"train": TRAIN_SUBJECTS, "test": TEST_SUBJECTS}
@@ -210,26 +210,10 @@ def _from_release(root: Path, subjects):
 
 def _from_extracted(root: Path, subjects):
     from h36m.h36m_tools.cameras import Camera, nominal_camera
-    from h36m.pipelines.extract.dataset import list_sequences, read_meta, read_sequence
 
-    def loader(path):
-        def load():
-            meta, a = read_sequence(path, with_jpeg=False)
-            if list(meta.cameras) != list(CAMERA_IDS):
-                return None
-            return CameraSequence(meta.subject, meta.sequence, CAMERA_IDS,
-                                  tuple(nominal_camera(Camera.from_dict(p))[0].intrinsics
-                                        for p in meta.camera_params),
-                                  np.transpose(a.pose3d_cam, (1, 0, 2, 3)).astype(np.float64),
-                                  a.frame.astype(np.int64))
-        return load
+    def build(meta, a):
+        return CameraSequence(meta.subject, meta.sequence, CAMERA_IDS,
+                              tuple(nominal_camera(Camera.from_dict(p))[0].intrinsics for p in meta.camera_params),
+                              np.transpose(a.pose3d_cam, (1, 0, 2, 3)).astype(np.float64), a.frame.astype(np.int64))
 
-    try:
-        paths = list_sequences(root, subjects)
-    except FileNotFoundError as e:
-        raise H36MError(root, str(e).split(": ", 1)[-1]) from None
-    out = []
-    for path in paths:
-        meta = read_meta(path)
-        out.append((meta.key, meta.subject, meta.sequence, loader(path)))
-    return out
+    return extracted_items(root, subjects, build)

@@ -76,6 +76,26 @@ def loaded_sequences(items: Iterable[tuple[str, str, str, Callable]], skipped: d
         yield key, subject, name, value
 
 
+def extracted_items(root, subjects, build: Callable) -> list[tuple[str, str, str, Callable]]:
+    """The (key, subject, raw name, load()) items of `loaded_sequences` for the sequences of `subjects` in an
+    extracted dataset: load() reads the sequence file (no JPEGs) and returns build(meta, arrays), or None where the
+    sequence lacks one of the 4 cameras."""
+    from h36m.h36m_tools.cameras import CAMERA_IDS
+    from h36m.pipelines.extract.dataset import list_sequences, read_meta, read_sequence
+
+    def loader(path):
+        def load():
+            meta, arrays = read_sequence(path, with_jpeg=False)
+            return build(meta, arrays) if list(meta.cameras) == list(CAMERA_IDS) else None
+        return load
+
+    items = []
+    for path in list_sequences(root, subjects):
+        meta = read_meta(path)
+        items.append((meta.key, meta.subject, meta.sequence, loader(path)))
+    return items
+
+
 def camera_keypoints(kp: dict, path, subject: str, sequence: str, camera: str, frames: np.ndarray
                      ) -> np.ndarray | None:
     """One camera's 2-D joints of a sequence in a VideoPose3D 2-D file: kp = its positions_2d (h36m_tools.npz), path
