@@ -98,6 +98,9 @@ def _solve(xy: np.ndarray, P: np.ndarray, w: np.ndarray) -> np.ndarray:
     """The weighted linear least-squares point: xy (V, M, 2) normalised, P (V, 3, 4), w (V, M) -> (M, 3) mm (NaN
     where fewer than two views have weight)."""
     xy = np.where(w[..., None] > 0, xy, 0.0)
+    # the solution does not change with a common factor of a point's weights: divide them by their largest, so that
+    # the singularity test below sees matrices of the same size whatever the confidences' scale
+    w = w / np.maximum(w.max(axis=0, keepdims=True), 1e-300)
     # rows (V, M, 2, 4): x P3 - P1, y P3 - P2
     rows = xy[..., None] * P[:, None, 2:3, :] - P[:, None, :2, :]
     rows = rows * w[..., None, None]

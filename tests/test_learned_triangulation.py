@@ -43,6 +43,21 @@ def test_triangulation_equals_the_numpy_dlt(refine):
     assert np.linalg.norm(ours.numpy() - world, axis=-1).mean() < 40
 
 
+@pytest.mark.parametrize("scale", [1e-2, 1e-4])
+def test_the_confidences_scale_does_not_change_the_triangulation(scale):
+    """A head trained through the triangulation learns only its confidences' ratios (the solution is invariant to a
+    common factor), so their size drifts: 0.006-0.08 in the demo. Both solvers must give the same point as with
+    weights near 1, not a point left out as singular."""
+    world, points, cams, dicts = scene()
+    weights = np.random.default_rng(3).uniform(0.3, 1.0, points.shape[:-1])
+    ref = triangulate_dlt(points, cams, weights)
+    small = triangulate_dlt(points, cams, weights * scale)
+    assert np.isfinite(small).all() and np.abs(small - ref).max() < 1e-6
+    ours, ok = triangulate(torch_points(points), camera_tensors([dicts], 4),
+                           torch.from_numpy(weights * scale).permute(1, 2, 0))
+    assert ok.all() and np.abs(ours.numpy() - ref).max() < 1e-6
+
+
 def test_gradient_matches_finite_differences():
     _, points, _, dicts = scene(frames=1)
     cams = camera_tensors([dicts], 4)
