@@ -871,9 +871,12 @@ def import_2d(results, out, images, layout, derive):
 @actions_option(None, "Comma-separated actions every subject performs [default: synth's, "
                 "Directions,Eating,Walking].")
 @click.option("--frames", default=150, show_default=True, type=click.IntRange(16), help="Frames per sequence.")
-@click.option("--epochs-2d", type=click.IntRange(1), help="[default: the tiny recipe's].")
-@click.option("--epochs-lift", type=click.IntRange(1), help="[default: the tiny lift recipe's].")
-@click.option("--epochs-triangulate", default=6, show_default=True, type=click.IntRange(1))
+@click.option("--epochs-2d", default=14, show_default=True, type=click.IntRange(1),
+              help="2d epochs (the tiny recipe's batch and rate; the tour trains 20).")
+@click.option("--epochs-lift", default=6, show_default=True, type=click.IntRange(1),
+              help="Lift epochs (the tiny lift recipe's batch and rate; the tour trains 20).")
+@click.option("--epochs-triangulate", default=8, show_default=True, type=click.IntRange(1),
+              help="Epochs of the triangulate stage from the 2d run (lr 1e-3).")
 def demo(out, subjects, actions, frames, epochs_2d, epochs_lift, epochs_triangulate):
     """The whole chain on a synthetic release in minutes on a CPU: synth -> extract -> shard -> train (tiny, 2d) ->
     predict (whole sequences) -> train lift (whole sequences, predicted 2-D) -> train triangulate (the 2d run through

@@ -39,17 +39,19 @@ TRIANGULATE_PRED = "pred_triangulate.npz"
 
 @dataclass
 class DemoConfig:
-    """Options of `h36m demo`: the tour's commands and defaults (synth's actions, the `tiny` preset's recipes);
-    BENCHMARKS.md gives the time they take on 2 CPU cores."""
+    """Options of `h36m demo`: the tour's commands and defaults (synth's actions, the `tiny` preset's recipes) with
+    fewer epochs; BENCHMARKS.md gives the time they take on 2 CPU cores."""
     out: Path = Path("h36m-demo")
     subjects: tuple[str, ...] = ("S1", "S5", "S9", "S11")
     actions: tuple[str, ...] = ()           # every subject performs these [default: synth's DEFAULT_ACTIONS]
     frames: int = 150
     crop: int = 64
     clip_frames: int = 8
-    epochs_2d: int | None = None            # [default: the tiny recipe's]
-    epochs_lift: int | None = None          # [default: the tiny lift recipe's]
-    epochs_triangulate: int = 6
+    # The tour's commands with shorter training, so that the chain fits 10 minutes on 2 CPU cores (BENCHMARKS.md);
+    # None = the tiny recipes' lengths, as the tour trains (20 2d epochs, 20 lift epochs)
+    epochs_2d: int | None = 14
+    epochs_lift: int | None = 6
+    epochs_triangulate: int = 8
     lr_triangulate: float = 1e-3
     loss3d_weight: float = 1.0              # triangulate stage: loss = 2-D loss + w x world MPJPE (m)
     workers: int = 1                        # loader processes (the other core computes)

@@ -50,12 +50,15 @@ def test_small_demo_runs_the_chain_and_continues_where_it_stopped(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("H36M_FULL_DEMO"), reason="the full demo takes minutes: set H36M_FULL_DEMO=1")
-def test_full_demo_beats_the_mean_pose_baseline(tmp_path):
+def test_full_demo_trained_triangulation_beats_after_the_fact_and_the_lifter_in_10_minutes(tmp_path):
+    """The demo's defaults: the triangulate run's 4-view DLT below the 2d run's after-the-fact one and below the
+    lifter, every lifting row below the mean pose, the chain within 10 minutes (on 2 quiet cores)."""
     from h36m.pipelines.demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out=tmp_path / "demo"))
     assert result.report.subjects == ["S9", "S11"]
-    assert result.beats_baseline, [(i.metric, i.ours, i.baseline) for i in result.improvement]
+    assert all(i.reduction > 0 for i in result.improvement), [(i.metric, i.ours, i.baseline) for i in
+                                                              result.improvement]
     assert all(g.reduction > 0 for g in result.geometry), [(g.ours, g.baseline) for g in result.geometry]
     assert sum(result.seconds.values()) < 600
 
