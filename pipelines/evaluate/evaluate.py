@@ -23,6 +23,7 @@ all cameras; frames covered by several overlapping clips counted once; padded fr
     of a dataset extracted with `--every S` hold only multiples of S, so N must be a multiple of S;
     MPJVE uses the velocity from the previous frame to each counted frame.
   * `exclude_damaged`: drop the sequences of h36m_tools.names.DAMAGED; the report names the policy either way.
+    S11 `Directions` never counts (`counted_sequence`), as in Table II.
 """
 from __future__ import annotations
 
@@ -178,6 +179,16 @@ def is_damaged(subject: str, sequence: str) -> bool:
     return (subject, sequence.replace("_", " ")) in DAMAGED
 
 
+def counted_sequence(subject: str, sequence: str, exclude_damaged: bool) -> bool:
+    """Whether every table (I, II, III) counts a sequence: never S11 `Directions`, which VideoPose3D's data and the
+    published tables leave out (interchange.npzfile.VP3D_DROPPED), nor a damaged one when `exclude_damaged`."""
+    from h36m.pipelines.interchange.npzfile import VP3D_DROPPED
+
+    if (subject, sequence.replace("_", " ")) in VP3D_DROPPED:
+        return False
+    return not (exclude_damaged and is_damaged(subject, sequence))
+
+
 def evaluate(cfg: EvalConfig, on_progress: Optional[Callable[[EvalProgress], None]] = None,
              loaded: tuple | None = None) -> EvalReport:
     """Run the network of cfg.run over the test shards and compute every metric; writes nothing (see
@@ -293,7 +304,7 @@ def collect(cfg: EvalConfig, on_progress, loaded: tuple) -> tuple[list[ViewClip]
                 if cfg.every % stride:      # source index % every == 0 would keep only multiples of lcm(every, stride)
                     raise ValueError(f"--every {cfg.every}: the shards hold every {stride}-th source frame only "
                                      f"(h36m extract --every {stride}); use a multiple of {stride}")
-                keep_clip = not (cfg.exclude_damaged and is_damaged(meta["subject"], meta["sequence"]))
+                keep_clip = counted_sequence(meta["subject"], meta["sequence"], cfg.exclude_damaged)
                 nviews = int(mask[b].sum())
                 for v in range(nviews):
                     camera = str(meta["cameras"][v])
@@ -416,6 +427,6 @@ def default_out(run: str | Path, out: str | Path | None = None) -> Path:
 
 
 __all__ = ["EvalConfig", "EvalReport", "EvalProgress", "Row3D", "Row2D", "ViewClip", "ClipPlot", "evaluate",
-           "collect", "table3d", "table2d", "is_damaged", "default_out", "METHODS", "METRICS_3D", "MEAN_POSE", "OURS",
+           "collect", "table3d", "table2d", "is_damaged", "counted_sequence", "default_out", "METHODS", "METRICS_3D", "MEAN_POSE", "OURS",
            "method_name",
            "CURVE_THRESHOLDS"]

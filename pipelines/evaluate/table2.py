@@ -41,8 +41,7 @@ import numpy as np
 from h36m.h36m_tools import metrics as M
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import ACTIONS, DAMAGED, TEST_SUBJECTS, parse_subjects, subject_order
-from h36m.pipelines.evaluate.evaluate import MEAN_POSE, Row3D, _row, is_damaged, method_name
-from h36m.pipelines.interchange.npzfile import VP3D_DROPPED
+from h36m.pipelines.evaluate.evaluate import MEAN_POSE, Row3D, _row, counted_sequence, method_name
 
 TABLE2_METRICS = ("MPJPE", "P-MPJPE")
 #: The triangulation rows' extra metric: MPJPE of world joints without any alignment, mm.
@@ -132,8 +131,6 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
     """Table II of a run with a trained lifter (lift or joint stage); `on_progress(view sequences done, total)`;
     `loaded`: (network, checkpoint) of the run already read (evaluate.run reads a run once). Writes nothing
     (report.write_lift_report)."""
-    import torch
-
     from h36m.pipelines.train.checkpoint import load_network
     from h36m.pipelines.train.pose_stats import PoseStats
     from h36m.pipelines.train.sequences import inputs, lift_sequence, load_sequences
@@ -210,10 +207,7 @@ def evaluate_lift(cfg: LiftEvalConfig, on_progress: Optional[Callable[[int, int]
 def _counted(cfg: LiftEvalConfig, subject: str, sequence: str, frames: np.ndarray) -> np.ndarray:
     """(N,) bool: the frames of a sequence Table II counts (index a multiple of cfg.every; none of a sequence
     VideoPose3D's data leaves out, nor of a damaged sequence when cfg.exclude_damaged)."""
-    keep = frames % cfg.every == 0
-    if (subject, sequence.replace("_", " ")) in VP3D_DROPPED or cfg.exclude_damaged and is_damaged(subject, sequence):
-        keep[:] = False
-    return keep
+    return (frames % cfg.every == 0) & counted_sequence(subject, sequence, cfg.exclude_damaged)
 
 
 def _add(per_method: dict, method: str, action: str, subject: str, errs: dict[str, np.ndarray]) -> None:
