@@ -38,6 +38,7 @@ import numpy as np
 from h36m.h36m_tools import metrics as M
 from h36m.h36m_tools.errors import H36MError
 from h36m.h36m_tools.names import ACTIONS, DAMAGED, subject_order
+from h36m.pipelines.interchange.npzfile import VP3D_DROPPED
 
 #: The one naming of the rows of every evaluation (these tables and Table II, evaluate.table2).
 MEAN_POSE = "Mean pose"
@@ -182,8 +183,6 @@ def is_damaged(subject: str, sequence: str) -> bool:
 def counted_sequence(subject: str, sequence: str, exclude_damaged: bool) -> bool:
     """Whether every table (I, II, III) counts a sequence: never S11 `Directions`, which VideoPose3D's data and the
     published tables leave out (interchange.npzfile.VP3D_DROPPED), nor a damaged one when `exclude_damaged`."""
-    from h36m.pipelines.interchange.npzfile import VP3D_DROPPED
-
     if (subject, sequence.replace("_", " ")) in VP3D_DROPPED:
         return False
     return not (exclude_damaged and is_damaged(subject, sequence))
@@ -427,6 +426,5 @@ def default_out(run: str | Path, out: str | Path | None = None) -> Path:
 
 
 __all__ = ["EvalConfig", "EvalReport", "EvalProgress", "Row3D", "Row2D", "ViewClip", "ClipPlot", "evaluate",
-           "collect", "table3d", "table2d", "is_damaged", "counted_sequence", "default_out", "METHODS", "METRICS_3D", "MEAN_POSE", "OURS",
-           "method_name",
-           "CURVE_THRESHOLDS"]
+           "collect", "table3d", "table2d", "is_damaged", "counted_sequence", "default_out", "METHODS", "METRICS_3D",
+           "MEAN_POSE", "OURS", "method_name", "CURVE_THRESHOLDS"]

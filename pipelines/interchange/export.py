@@ -32,7 +32,8 @@ import numpy as np
 
 from h36m.h36m_tools.cameras import CAMERA_IDS
 from h36m.h36m_tools.errors import H36MError
-from h36m.pipelines.interchange.npzfile import extracted_items, loaded_sequences, metadata_2d, vp3d_action, write_npz_files
+from h36m.pipelines.interchange.npzfile import (extracted_items, loaded_sequences, metadata_2d, vp3d_action,
+                                               write_npz_files)
 
 FILE_3D = "data_3d_h36m.npz"
 FILE_2D = "data_2d_h36m_gt.npz"

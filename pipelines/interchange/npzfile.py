@@ -80,7 +80,6 @@ def extracted_items(root, subjects, build: Callable) -> list[tuple[str, str, str
     """The (key, subject, raw name, load()) items of `loaded_sequences` for the sequences of `subjects` in an
     extracted dataset: load() reads the sequence file (no JPEGs) and returns build(meta, arrays), or None where the
     sequence lacks one of the 4 cameras."""
-    from h36m.h36m_tools.cameras import CAMERA_IDS
     from h36m.pipelines.extract.dataset import list_sequences, read_meta, read_sequence
 
     def loader(path):
